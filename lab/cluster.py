@@ -1,0 +1,118 @@
+"""A cluster is a tensor with a leading rank axis.
+
+`Cluster` holds the parameters of the workers this process simulates as one
+flat `(n_local, d)` tensor — row r is worker r's parameter vector, the
+concatenation of the model's parameters in `named_parameters()` order. The
+forward and backward of all workers is one `torch.func.vmap` over
+`functional_call`; a stock `torch.optim` optimizer over the flat tensor acts as
+`n_local` independent optimizers because its arithmetic is elementwise.
+Norm-based operations (gradient clipping) are done per row here.
+
+Flat rows make communication simple (one buffer per collective, like DDP's
+buckets) and give ZeRO-style sharding contiguous slices to own.
+
+Buffers (e.g. BatchNorm statistics) are not stacked: use models without
+running statistics (GroupNorm), as FedAvg's pitfalls advise anyway.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+
+class Cluster:
+    """Workers `ranks` of a `num_workers` cluster, all starting from `model`'s parameters.
+
+    loss_fn(outputs, targets) -> scalar, for one worker's batch.
+    """
+
+    def __init__(self, model: nn.Module, *, num_workers: int, loss_fn: Callable, ranks: Sequence[int] | None = None):
+        self.model = model
+        self.num_workers = num_workers
+        self.ranks = list(range(num_workers)) if ranks is None else list(ranks)
+        self.loss_fn = loss_fn
+        self.names, self.shapes, self.numels = [], [], []
+        for name, p in model.named_parameters():
+            self.names.append(name)
+            self.shapes.append(p.shape)
+            self.numels.append(p.numel())
+        self.offsets = [0]
+        for n in self.numels:
+            self.offsets.append(self.offsets[-1] + n)
+        row = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()])
+        self.params = row.unsqueeze(0).repeat(len(self.ranks), 1).requires_grad_(True)  # (n, d)
+        self.buffers = {k: v.detach() for k, v in model.named_buffers()}
+        self._vgrad = vmap(grad_and_value(self._loss_of_row), in_dims=(0, 0, 0))
+        self._vforward = vmap(self._forward_row, in_dims=(0, 0))
+
+    # ---- shapes --------------------------------------------------------------------------
+    @property
+    def num_local(self) -> int:
+        return len(self.ranks)
+
+    @property
+    def dim(self) -> int:
+        return self.offsets[-1]
+
+    def unflatten(self, row: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(d,) -> {name: tensor} as views into `row`."""
+        return {n: row.narrow(0, o, k).view(s)
+                for n, o, k, s in zip(self.names, self.offsets, self.numels, self.shapes)}
+
+    def local_index(self, rank: int) -> int:
+        return self.ranks.index(rank)
+
+    # ---- compute -----------------------------------------------------------------------------
+    def _forward_row(self, row, x):
+        return functional_call(self.model, (self.unflatten(row), self.buffers), (x,))
+
+    def _loss_of_row(self, row, x, y):
+        return self.loss_fn(self._forward_row(row, x), y)
+
+    def forward(self, x: torch.Tensor, params: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (n, B, ...) -> outputs (n, B, ...), one batch per row."""
+        return self._vforward(self.params if params is None else params, x)
+
+    def loss_and_grad(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
+        """Per-row loss (n,) and gradient (n, d) at `params` (n, d); nothing is written."""
+        grads, losses = self._vgrad(params.detach(), x, y)
+        return losses.detach(), grads.detach()
+
+    def backward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Compute every local worker's gradient on its own batch into `params.grad`; returns losses (n,)."""
+        losses, grads = self.loss_and_grad(self.params, x, y)
+        self.params.grad = grads
+        return losses
+
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """Clip each row's gradient to L2 norm `max_norm`; returns the norms before clipping (n,)."""
+        g = self.params.grad
+        norms = g.norm(dim=1)
+        scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        g.mul_(scale.unsqueeze(1))
+        return norms
+
+    def evaluate(self, row: torch.Tensor, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """Outputs of the model with parameters `row` (d,) on inputs x (M, ...), in batches."""
+        with torch.no_grad():
+            outs = [functional_call(self.model, (self.unflatten(row), self.buffers), (x[i:i + batch_size],))
+                    for i in range(0, x.shape[0], batch_size)]
+        return torch.cat(outs)
+
+    def set_rows(self, value: torch.Tensor, rows: Sequence[int] | None = None):
+        """Overwrite local rows (all by default) with `value` ((d,) or (len(rows), d))."""
+        with torch.no_grad():
+            if rows is None:
+                self.params.copy_(value.expand_as(self.params))
+            else:
+                self.params[list(rows)] = value.expand(len(rows), self.dim).to(self.params.dtype)
+
+    def state_bytes_per_rank(self) -> int:
+        return self.dim * self.params.element_size()
+
+    def param_count(self) -> int:
+        return self.dim

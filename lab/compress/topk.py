@@ -1,0 +1,86 @@
+"""Top-k sparsification: send the k largest-magnitude coordinates.
+
+Biased and contractive with δ = k/d (Stich et al. 2018; spec Part B §B1). Use it
+with error feedback (`lab.compress.error_feedback`), or it can stall or diverge
+across heterogeneous workers.
+
+What is sent per message: the k fp32 values and where they are — either k int32
+indices (8k bytes in all) or a packed bitmap of d bits (4k + ⌈d/8⌉ bytes),
+whichever is smaller, as the spec prescribes.
+
+Knob: `ratio` r, the target encoded/dense bytes; k is the largest count whose
+encoding fits in r · 4d bytes (at least 1). The measured ratio comes from the packet.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lab.comm.packet import Packet
+from lab.compress.base import Compressor
+
+
+def k_for_ratio(ratio: float, d: int) -> int:
+    budget = ratio * 4 * d
+    k_index = math.floor(budget / 8)
+    k_bitmap = math.floor((budget - math.ceil(d / 8)) / 4)
+    return max(1, min(d, max(k_index, k_bitmap)))
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """(n, d) bool -> (n, ⌈d/8⌉) uint8, little-endian within each byte."""
+    n, d = mask.shape
+    padded = torch.zeros(n, math.ceil(d / 8) * 8, dtype=torch.uint8)
+    padded[:, :d] = mask.to(torch.uint8)
+    weights = (2 ** torch.arange(8, dtype=torch.uint8))
+    return (padded.view(n, -1, 8) * weights).sum(dim=2, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, d: int) -> torch.Tensor:
+    """(n, ⌈d/8⌉) uint8 -> (n, d) bool."""
+    bits = (packed.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1
+    return bits.reshape(packed.shape[0], -1)[:, :d].bool()
+
+
+class TopK(Compressor):
+    name = "topk"
+    unbiased = False
+
+    def __init__(self, *, ratio: float | None = None, k: int | None = None):
+        if (ratio is None) == (k is None):
+            raise ValueError("TopK needs exactly one of ratio or k")
+        if ratio is not None and not 0 < ratio <= 1:
+            raise ValueError(f"compression_ratio={ratio!r} is invalid: it must be in (0, 1]")
+        self.ratio, self.k = ratio, k
+
+    def k_for(self, d: int) -> int:
+        return min(d, self.k) if self.k is not None else k_for_ratio(self.ratio, d)
+
+    def contraction(self, d: int) -> float:
+        return self.k_for(d) / d
+
+    def compress(self, v):  # v: (n, d)
+        n, d = v.shape
+        k = self.k_for(d)
+        idx = v.abs().topk(k, dim=1, sorted=False).indices.sort(dim=1).values  # (n, k)
+        vals = v.gather(1, idx).float()  # (n, k)
+        meta = {"d": d, "k": k}
+        if 4 * k + math.ceil(d / 8) < 8 * k:
+            mask = torch.zeros(n, d, dtype=torch.bool)
+            mask.scatter_(1, idx, True)
+            return Packet({"values": vals, "bitmap": pack_bits(mask)}, meta=meta)
+        return Packet({"values": vals, "indices": idx.to(torch.int32)}, meta=meta)
+
+    def decompress(self, packet):
+        vals = packet.tensors["values"]
+        lead = vals.shape[:-1]
+        vals = vals.reshape(-1, vals.shape[-1])
+        d = packet.meta["d"]
+        out = torch.zeros(vals.shape[0], d, dtype=vals.dtype)
+        if "bitmap" in packet.tensors:
+            mask = unpack_bits(packet.tensors["bitmap"].reshape(vals.shape[0], -1), d)
+            out[mask] = vals.reshape(-1)  # row-major order matches the sorted indices
+        else:
+            out.scatter_(1, packet.tensors["indices"].reshape(vals.shape[0], -1).long(), vals)
+        return out.reshape(*lead, d)

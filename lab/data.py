@@ -1,0 +1,211 @@
+"""Datasets that need no download, partitioners across workers, and per-rank batch streams.
+
+Datasets
+- ``digits``: scikit-learn's bundled 8×8 digits (1797 images, 10 classes), scaled to [0, 1];
+  a fixed stratified 80/20 train/test split.
+- ``lstsq``: synthetic heterogeneous least squares. Group g draws x ~ N(0, I) and
+  y = x·w_g + noise with w_g = w* + h·u_g, so groups disagree on the optimum
+  (``heterogeneity`` h). The group id is the "label" partitioners see.
+- ``chars``: a character-level LM on a public-domain text shipped in ``lab/assets``;
+  windows of ``block_size`` characters with next-character targets; the last 10% of the
+  text is the test split.
+
+Partitioners (``partition``): ``iid`` (a random equal split), ``dirichlet`` (label skew:
+each class's examples split across workers by proportions ~ Dir(α); Hsu et al. 2019),
+``shards`` (McMahan et al. 2017: sort by label, cut into ``num_workers × shards_per_worker``
+shards, deal each worker ``shards_per_worker`` of them).
+
+``RankBatches`` gives each rank its own stream of minibatches from its shard, driven
+by a generator seeded from (seed, rank), so a rank draws the same batches whether it is
+simulated beside others or runs alone under torch.distributed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+
+import numpy as np
+import torch
+
+DATASETS = ("digits", "lstsq", "chars")
+PARTITIONS = ("iid", "dirichlet", "shards")
+
+
+@dataclass
+class Dataset:
+    name: str
+    kind: str  # 'classification' | 'regression' | 'lm'
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    labels: torch.Tensor | None  # (n_train,) what partitioners split on; None: only iid
+    num_classes: int = 0
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_train(self) -> int:
+        return self.x_train.shape[0]
+
+
+def load_digits() -> Dataset:
+    from sklearn.datasets import load_digits as _load
+
+    d = _load()
+    x = torch.tensor(d.data, dtype=torch.float32) / 16.0  # (1797, 64)
+    y = torch.tensor(d.target, dtype=torch.long)
+    g = torch.Generator().manual_seed(1234)
+    test_idx = []
+    for c in range(10):  # stratified 20% test split, fixed for every run
+        idx = (y == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        test_idx.append(idx[: len(idx) // 5])
+    test = torch.cat(test_idx).sort().values
+    mask = torch.ones(len(y), dtype=torch.bool)
+    mask[test] = False
+    return Dataset("digits", "classification", x[mask], y[mask], x[test], y[test], y[mask], 10,
+                   {"input_shape": (64,), "image_shape": (1, 8, 8)})
+
+
+def load_lstsq(*, num_groups: int = 8, dim: int = 20, per_group: int = 200, heterogeneity: float = 1.0,
+               noise: float = 0.1, seed: int = 0) -> Dataset:
+    g = torch.Generator().manual_seed(seed + 7)
+    w_star = torch.randn(dim, generator=g)
+    xs, ys, groups = [], [], []
+    for k in range(num_groups):
+        w_k = w_star + heterogeneity * torch.randn(dim, generator=g)
+        x = torch.randn(per_group, dim, generator=g)
+        xs.append(x)
+        ys.append(x @ w_k + noise * torch.randn(per_group, generator=g))
+        groups.append(torch.full((per_group,), k, dtype=torch.long))
+    x, y, grp = torch.cat(xs), torch.cat(ys), torch.cat(groups)
+    perm = torch.randperm(len(y), generator=g)
+    n_test = len(y) // 5
+    te, tr = perm[:n_test], perm[n_test:]
+    return Dataset("lstsq", "regression", x[tr], y[tr], x[te], y[te], grp[tr], 0,
+                   {"input_shape": (dim,), "w_star": w_star, "num_groups": num_groups})
+
+
+def corpus_text() -> str:
+    return resources.files("lab").joinpath("assets/corpus.txt").read_text(encoding="ascii")
+
+
+def load_chars(*, block_size: int = 32) -> Dataset:
+    text = corpus_text()
+    vocab = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(vocab)}
+    ids = torch.tensor([stoi[c] for c in text], dtype=torch.long)
+    split = int(0.9 * len(ids))
+
+    def windows(seq: torch.Tensor):
+        n = (len(seq) - 1) // block_size
+        x = seq[: n * block_size].view(n, block_size)
+        y = seq[1: n * block_size + 1].view(n, block_size)
+        return x, y
+
+    x_tr, y_tr = windows(ids[:split])
+    x_te, y_te = windows(ids[split:])
+    return Dataset("chars", "lm", x_tr, y_tr, x_te, y_te, None, len(vocab),
+                   {"vocab": "".join(vocab), "block_size": block_size})
+
+
+def load_dataset(name: str, *, seed: int = 0, num_workers: int = 8) -> Dataset:
+    if name == "digits":
+        return load_digits()
+    if name == "lstsq":
+        return load_lstsq(num_groups=max(num_workers, 1), seed=seed)
+    if name == "chars":
+        return load_chars()
+    raise ValueError(f"dataset={name!r} is unknown; allowed: {list(DATASETS)}")
+
+
+# ---- partitioners ------------------------------------------------------------------------------
+def partition(num_examples: int, labels: torch.Tensor | None, *, scheme: str, num_workers: int, seed: int,
+              alpha: float = 0.5, shards_per_worker: int = 2, min_size: int = 1) -> list[torch.Tensor]:
+    """Split example indices across `num_workers`; returns one sorted LongTensor per worker."""
+    g = torch.Generator().manual_seed(seed * 7919 + 17)
+    if scheme == "iid":
+        perm = torch.randperm(num_examples, generator=g)
+        parts = list(perm.tensor_split(num_workers))
+    elif labels is None:
+        raise ValueError(f"partition={scheme!r} needs labels, and this dataset has none; allowed: 'iid'")
+    elif scheme == "dirichlet":
+        parts = _dirichlet(labels, num_workers, alpha, min_size, seed)
+    elif scheme == "shards":
+        num_shards = num_workers * shards_per_worker
+        if num_shards > num_examples:
+            raise ValueError(f"shards_per_worker={shards_per_worker!r} is too large: {num_shards} shards "
+                             f"for {num_examples} examples")
+        order = torch.argsort(labels * num_examples + torch.randperm(num_examples, generator=g))
+        shards = list(order.tensor_split(num_shards))
+        deal = torch.randperm(num_shards, generator=g).view(num_workers, shards_per_worker)
+        parts = [torch.cat([shards[s] for s in row.tolist()]) for row in deal]
+    else:
+        raise ValueError(f"partition={scheme!r} is unknown; allowed: {list(PARTITIONS)}")
+    return [p.sort().values for p in parts]
+
+
+def _dirichlet(labels: torch.Tensor, num_workers: int, alpha: float, min_size: int, seed: int):
+    rng = np.random.default_rng(seed)
+    y = labels.numpy()
+    classes = np.unique(y)
+    for _ in range(100):  # redraw until every worker has at least min_size examples
+        buckets = [[] for _ in range(num_workers)]
+        for c in classes:
+            idx = rng.permutation(np.flatnonzero(y == c))
+            cuts = (np.cumsum(rng.dirichlet(np.full(num_workers, alpha))) * len(idx)).astype(int)[:-1]
+            for w, part in enumerate(np.split(idx, cuts)):
+                buckets[w].extend(part.tolist())
+        if min(len(b) for b in buckets) >= min_size:
+            return [torch.tensor(sorted(b), dtype=torch.long) for b in buckets]
+    raise ValueError(f"dirichlet_alpha={alpha!r} with num_workers={num_workers} leaves some worker fewer than "
+                     f"{min_size} examples (batch_size) in 100 draws; raise dirichlet_alpha or lower the batch size")
+
+
+class RankBatches:
+    """Minibatches of `batch_size` for each rank in `ranks`, each from its own shard.
+
+    Rank r shuffles its shard with a generator seeded by (seed, r) and walks it
+    in order, reshuffling at each epoch; a batch may wrap across an epoch end so
+    every batch has exactly `batch_size` examples (vmap needs equal shapes).
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, shards: list[torch.Tensor], *, batch_size: int, seed: int,
+                 ranks: list[int]):
+        self.x, self.y, self.shards = x, y, shards
+        self.batch_size = batch_size
+        self.ranks = list(ranks)
+        self._gens = {r: torch.Generator().manual_seed(seed * 1_000_003 + r) for r in self.ranks}
+        self._order = {r: torch.empty(0, dtype=torch.long) for r in self.ranks}
+        self._pos = {r: 0 for r in self.ranks}
+
+    def shard_size(self, rank: int) -> int:
+        return len(self.shards[rank])
+
+    def _take(self, r: int) -> torch.Tensor:
+        out = []
+        need = self.batch_size
+        while need:
+            if self._pos[r] >= len(self._order[r]):
+                self._order[r] = self.shards[r][torch.randperm(len(self.shards[r]), generator=self._gens[r])]
+                self._pos[r] = 0
+            chunk = self._order[r][self._pos[r]: self._pos[r] + need]
+            self._pos[r] += len(chunk)
+            need -= len(chunk)
+            out.append(chunk)
+        return torch.cat(out)
+
+    def next(self, ranks: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next batch of each rank in `ranks` (default: all local): x (R, B, ...), y (R, B, ...)."""
+        idx = torch.stack([self._take(r) for r in (self.ranks if ranks is None else ranks)])  # (R, B)
+        return self.x[idx], self.y[idx]
+
+    def state_dict(self) -> dict:
+        return {"gens": {r: g.get_state() for r, g in self._gens.items()},
+                "order": dict(self._order), "pos": dict(self._pos)}
+
+    def load_state_dict(self, state: dict):
+        for r, s in state["gens"].items():
+            self._gens[r].set_state(s)
+        self._order.update(state["order"])
+        self._pos.update(state["pos"])

@@ -1,0 +1,1 @@
+"""Sync-period techniques, one module each."""
