@@ -16,7 +16,6 @@ running statistics (GroupNorm), as FedAvg's pitfalls advise anyway.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch

@@ -154,6 +154,7 @@ class Run:
     model: torch.Tensor | None = None  # (d,) the evaluated model's flat parameters
     path: Path | None = None
     error: str | None = None
+    worker_params: torch.Tensor | None = None  # (n_local, d) final rows of this process's workers (not saved)
 
     def summary(self) -> dict:
         m = self.metrics
@@ -273,6 +274,7 @@ def run(config: ExperimentConfig, *, runs_dir: str | Path | None = None, save: b
         run_.status, run_.error = status, error
         run_.metrics = pd.DataFrame(rows)
         run_.ledger = ctx.ledger.table()
+        run_.worker_params = ctx.cluster.params.detach().clone()
         if run_.path is not None:
             _save(run_)
 

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from lab.comm.ledger import Ledger
-from lab.comm.packet import Packet, payload_nbytes
+from lab.comm.packet import payload_nbytes
 
 
 class Collective(ABC):

@@ -1,0 +1,63 @@
+"""Top-k alone stalls or diverges across heterogeneous workers; with error feedback it converges.
+
+The problem is the spec's three-client counterexample (sync_and_compression.md §B1,
+Appendix A.1): f_i(x) = (a_i·x)² + ½||x||², a least-squares objective with optimum 0.
+"""
+import torch
+
+from lab.comm import Ledger, SimulatedCollective, ordered_sum
+from lab.compress import TopK, make_feedback
+from lab.topology import preset
+
+A = torch.tensor([[-3.0, 2, 2], [2, -3, 2], [2, 2, -3]], dtype=torch.float64)
+
+
+def distributed_gd(feedback: str, steps: int = 300, lr: float = 0.05) -> float:
+    comp = TopK(k=1)
+    fb = make_feedback(feedback, comp)
+    coll = SimulatedCollective(world_size=3, ledger=Ledger(preset("nvlink_node", 3)))
+    x = torch.ones(3, dtype=torch.float64)
+    for _ in range(steps):
+        g = 2 * (A @ x).unsqueeze(1) * A + x  # (3 clients, d) gradients at the shared x
+        packet, _ = fb.compress(g)
+        gathered = coll.all_gather(packet)
+        x = x - lr * ordered_sum(comp.decompress(gathered.map(lambda t: t[0]))) / 3
+    return float(x.norm())
+
+
+def test_top1_without_feedback_does_not_converge():
+    assert distributed_gd("none") > 1.0
+
+
+def test_top1_with_error_feedback_converges():
+    assert distributed_gd("ef") < 1e-8
+
+
+def test_topk_round_trip_keeps_the_largest_entries_and_measures_its_bytes():
+    v = torch.tensor([[0.1, -5.0, 0.2, 3.0, 0.0, -0.3, 0.05, 1.0]])
+    comp = TopK(k=2)
+    pkt = comp.compress(v)
+    assert torch.equal(comp.decompress(pkt), torch.tensor([[0, -5.0, 0, 3.0, 0, 0, 0, 0]]))
+    assert pkt.nbytes() == 2 * 4 + 1  # a 1-byte bitmap beats two int32 indices
+    assert TopK(k=2).compress(torch.randn(1, 1000)).nbytes() == 2 * 4 + 2 * 4  # here indices are smaller
+
+
+def test_topk_switches_to_a_bitmap_when_it_is_smaller_and_decodes_exactly():
+    v = torch.randn(3, 1000, generator=torch.Generator().manual_seed(0))
+    comp = TopK(ratio=0.6)
+    pkt = comp.compress(v)
+    assert "bitmap" in pkt.tensors
+    k = pkt.meta["k"]
+    assert pkt.nbytes() == 4 * k + 125 <= 0.6 * 4000
+    dec = comp.decompress(pkt)
+    kept = v.abs().topk(k, dim=1).indices
+    assert torch.equal(dec.gather(1, kept), v.gather(1, kept))
+    assert int((dec != 0).sum(1).max()) == k
+
+
+def test_measured_ratio_is_packet_bytes_over_dense_bytes():
+    v = torch.randn(2, 10_000)
+    comp = TopK(ratio=0.01)
+    pkt = comp.compress(v)
+    assert comp.measured_ratio(pkt, 10_000) == pkt.nbytes() / 40_000
+    assert 0.0099 <= comp.measured_ratio(pkt, 10_000) <= 0.01
