@@ -20,7 +20,15 @@ from lab.experiment import ExperimentConfig, run
 
 #: option names that read better than the field names
 ALIASES = {"num_workers": "workers"}
-TYPES = {"int": int, "float": float, "str": str}
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (true/false)")
+
+
+TYPES = {"int": int, "float": float, "str": str, "bool": _bool}
 
 
 def _option(name: str) -> str:

@@ -45,7 +45,10 @@ class Cluster:
         row = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()])
         self.params = row.unsqueeze(0).repeat(len(self.ranks), 1).requires_grad_(True)  # (n, d)
         self.buffers = {k: v.detach() for k, v in model.named_buffers()}
-        self._vgrad = vmap(grad_and_value(self._loss_of_row), in_dims=(0, 0, 0))
+        # gradients w.r.t. each parameter tensor, then one concatenation: differentiating w.r.t. the flat
+        # row would materialize a full-size zero tensor per parameter in the backward of its slice
+        # (about 4.5x the parameter bytes at the peak, against 2x this way; the numbers are identical)
+        self._vgrad = vmap(grad_and_value(self._loss_of_dict), in_dims=(0, 0, 0))
         self._vforward = vmap(self._forward_row, in_dims=(0, 0))
 
     # ---- shapes --------------------------------------------------------------------------
@@ -69,6 +72,9 @@ class Cluster:
     def _forward_row(self, row, x):
         return functional_call(self.model, (self.unflatten(row), self.buffers), (x,))
 
+    def _loss_of_dict(self, named, x, y):
+        return self.loss_fn(functional_call(self.model, (named, self.buffers), (x,)), y)
+
     def _loss_of_row(self, row, x, y):
         return self.loss_fn(self._forward_row(row, x), y)
 
@@ -78,8 +84,18 @@ class Cluster:
 
     def loss_and_grad(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
         """Per-row loss (n,) and gradient (n, d) at `params` (n, d); nothing is written."""
-        grads, losses = self._vgrad(params.detach(), x, y)
-        return losses.detach(), grads.detach()
+        p = params.detach()
+        n = p.shape[0]
+        named = {k: p.narrow(1, o, c).view(n, *s)
+                 for k, o, c, s in zip(self.names, self.offsets, self.numels, self.shapes)}
+        grads, losses = self._vgrad(named, x, y)
+        flat = torch.cat([grads.pop(k).reshape(n, -1) for k in self.names], dim=1)  # (n, d)
+        return losses.detach(), flat
+
+    def losses(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-row loss (n,) at `params` (n, d), forward only (no activations kept for a backward)."""
+        with torch.no_grad():
+            return vmap(self._loss_of_row, in_dims=(0, 0, 0))(params.detach(), x, y)
 
     def backward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Compute every local worker's gradient on its own batch into `params.grad`; returns losses (n,)."""
@@ -92,7 +108,7 @@ class Cluster:
         g = self.params.grad
         norms = g.norm(dim=1)
         scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-        g.mul_(scale.unsqueeze(1))
+        self.params.grad = g * scale.unsqueeze(1)  # not in place: g may be an expanded all-reduce result
         return norms
 
     def evaluate(self, row: torch.Tensor, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:

@@ -3,8 +3,7 @@
 - ``mlp``: 64 → hidden → 10 with ReLU, for digits.
 - ``cnn``: two 3×3 convolutions with GroupNorm (no running statistics, so rank-stacked
   training and FedAvg averaging stay exact), global average pool, linear head; digits as 1×8×8.
-- ``gpt``: a tiny character GPT (pre-LN blocks, causal `scaled_dot_product_attention`,
-  no dropout), for ``chars``.
+- ``gpt``: a tiny character GPT (pre-LN blocks, causal softmax attention, no dropout), for ``chars``.
 - ``linear``: a linear regressor for ``lstsq``.
 
 FLOPs per example are the usual 6 × parameters × tokens estimate (2 forward, 4 backward)
@@ -68,7 +67,11 @@ class Block(nn.Module):
         b, t, c = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(c, dim=2)
         q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))  # (B, H, T, c/H)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        # explicit causal attention: under vmap, scaled_dot_product_attention has no batching rule
+        # on CPU and falls back to a per-row loop
+        att = (q @ k.transpose(-2, -1)) * (c // self.n_head) ** -0.5  # (B, H, T, T)
+        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        y = att.masked_fill(~causal, float("-inf")).softmax(dim=-1) @ v  # (B, H, T, c/H)
         x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))
         return x + self.fc_out(F.gelu(self.fc(self.ln2(x))))
 

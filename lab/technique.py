@@ -16,6 +16,7 @@ from lab.cluster import Cluster
 from lab.comm import Collective, Ledger
 from lab.data import RankBatches
 from lab.models import ModelSpec
+from lab.schedule import lr_at
 from lab.topology import Topology
 
 
@@ -32,6 +33,12 @@ class TrainContext:
     step: int = 0  # local steps taken so far
     compute_seconds: float = 0.0
     rounds: int = 0
+    #: communication time hidden behind compute (overlap, e.g. Streaming DiLoCo); subtracted from sim_seconds
+    comm_hidden_seconds: float = 0.0
+    #: the Dataset (lab.data), for observers only (e.g. personalized test accuracy); None when built by hand
+    data: object = None
+    #: the simulated per-rank timeline (lab.clock.Clock), fed by the Ledger and `compute_seconds`; None by hand
+    clock: object = None
 
     @property
     def step_compute_seconds(self) -> float:
@@ -45,17 +52,25 @@ class TrainContext:
         step (where DDP communicates); clipping, if configured, follows it.
         """
         self.ledger.step = self.step
+        lr = self.lr_now()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         x, y = self.batches.next()
         losses = self.cluster.backward(x, y)
+        self.compute_seconds += self.step_compute_seconds  # counted before the hook: its messages follow it
         if grad_hook is not None:
             self.cluster.params.grad = grad_hook(self.cluster.params.grad)
         if self.config.grad_clip:
             self.cluster.clip_grad_norm_(self.config.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.compute_seconds += self.step_compute_seconds
         self.step += 1
         return losses
+
+    def lr_now(self) -> float:
+        """Learning rate of the next local step under `config.lr_schedule` (lab.schedule)."""
+        c = self.config
+        return lr_at(self.step, base_lr=c.lr, schedule=c.lr_schedule, total_steps=c.steps, warmup_steps=c.warmup_steps)
 
     def mean_over_ranks(self, rows: torch.Tensor) -> torch.Tensor:
         """Mean of local rows over all ranks (d,), not recorded (an observer's view)."""

@@ -7,6 +7,16 @@ too and may be expanded views: copy before writing into them in place.
 Every call records in the Ledger what each rank sent (see `lab.comm.ledger`);
 `record=False` is for observers (metrics, evaluation) that a real system would
 not send.
+
+Sub-groups: `all_reduce`, `reduce_scatter`, `all_gather` and `all_to_all` take
+`groups=[[ranks], ...]`, a partition of all ranks into groups of equal size G
+(shard groups, replica groups, hpZ groups, ...). The collective then runs inside
+every group at once: a rank's position in its group is its order among the
+group's ranks, ascending (as `torch.distributed.new_group` orders them), and
+shapes refer to G instead of the world size. It is recorded as one Ledger entry
+whose per-rank bytes and link classes come from the Topology's cost of each
+group and whose time is the slowest group's (`group_cost`). `groups=None` or a
+single group of every rank is the plain collective.
 """
 from __future__ import annotations
 
@@ -16,6 +26,7 @@ import torch
 
 from lab.comm.ledger import Ledger
 from lab.comm.packet import payload_nbytes
+from lab.topology import Cost
 
 
 class Collective(ABC):
@@ -30,33 +41,61 @@ class Collective(ABC):
     def num_local(self) -> int:
         return len(self.ranks)
 
-    def _record(self, op: str, x, *, tag: str, record: bool, ranks=None):
-        if record:
+    def _record(self, op: str, x, *, tag: str, record: bool, ranks=None, groups=None):
+        if record and groups is not None:
+            nbytes = payload_nbytes(x)
+            self.ledger.record(op, nbytes, tag=tag, cost=group_cost(self.ledger.topology, op, nbytes, groups))
+        elif record:
             self.ledger.record(op, payload_nbytes(x), tag=tag, ranks=ranks)
+
+    def _groups(self, groups) -> list[list[int]] | None:
+        """Validate `groups` (a partition of all ranks into equal-size groups); None for the whole world."""
+        if groups is None:
+            return None
+        out = [sorted(int(r) for r in g) for g in groups]
+        flat = sorted(r for g in out for r in g)
+        if flat != list(range(self.world_size)):
+            raise ValueError(f"groups={groups!r} is invalid: every rank in 0..{self.world_size - 1} must be in "
+                             "exactly one group")
+        if len({len(g) for g in out}) != 1:
+            raise ValueError(f"groups={groups!r} is invalid: all groups must have the same size")
+        return None if len(out) == 1 else out
+
+    def group_of(self, rank: int, groups: list[list[int]] | None) -> list[int]:
+        """The group (ascending ranks) that holds `rank`; every rank when `groups` is None."""
+        if groups is None:
+            return list(range(self.world_size))
+        return next(g for g in groups if rank in g)
 
     def record_peers(self, pairs: list[tuple[int, int]], nbytes: int, *, op: str, tag: str):
         self.ledger.record(op, nbytes, tag=tag, cost=self.ledger.topology.peer_cost(pairs, nbytes, op))
 
     # ---- the operations ------------------------------------------------------------------
     @abstractmethod
-    def all_reduce(self, x: torch.Tensor, *, op: str = "mean", tag: str = "", record: bool = True) -> torch.Tensor:
-        """(n, ...) -> (n, ...): every row is the sum (or mean) over all ranks, fp32, ascending rank order."""
+    def all_reduce(self, x: torch.Tensor, *, op: str = "mean", tag: str = "", record: bool = True,
+                   groups: list[list[int]] | None = None) -> torch.Tensor:
+        """(n, ...) -> (n, ...): every row is the sum (or mean) over all ranks (of its group), fp32,
+        ascending rank order."""
 
     @abstractmethod
-    def reduce_scatter(self, x: torch.Tensor, *, op: str = "mean", tag: str = "") -> torch.Tensor:
-        """(n, P*c, ...) -> (n, c, ...): rank r gets chunk r of the reduction along dim 1."""
+    def reduce_scatter(self, x: torch.Tensor, *, op: str = "mean", tag: str = "",
+                       groups: list[list[int]] | None = None) -> torch.Tensor:
+        """(n, P*c, ...) -> (n, c, ...): rank r gets chunk r of the reduction along dim 1
+        (with groups: (n, G*c, ...), the rank at position i of its group gets chunk i of the group's reduction)."""
 
     @abstractmethod
-    def all_gather(self, x, *, tag: str = "", record: bool = True):
-        """(n, ...) -> (n, P, ...): every rank gets all ranks' rows. Works on a Packet too."""
+    def all_gather(self, x, *, tag: str = "", record: bool = True, groups: list[list[int]] | None = None):
+        """(n, ...) -> (n, P, ...): every rank gets all ranks' rows (with groups: (n, G, ...), its group's rows
+        in group order). Works on a Packet too."""
 
     @abstractmethod
     def broadcast(self, x: torch.Tensor, *, src: int = 0, tag: str = "") -> torch.Tensor:
         """(n, ...) -> (n, ...): every row becomes rank `src`'s row."""
 
     @abstractmethod
-    def all_to_all(self, x: torch.Tensor, *, tag: str = "") -> torch.Tensor:
-        """(n, P, ...) -> (n, P, ...): out[j][i] = in[i][j] (rank i's chunk j goes to rank j)."""
+    def all_to_all(self, x, *, tag: str = "", groups: list[list[int]] | None = None):
+        """(n, P, ...) -> (n, P, ...): out[j][i] = in[i][j] (rank i's chunk j goes to rank j); with groups,
+        (n, G, ...) and i, j are positions in the group. Works on a Packet too (every tensor (n, G, ...))."""
 
     @abstractmethod
     def shift(self, x: torch.Tensor, *, offset: int = 1, tag: str = "") -> torch.Tensor:
@@ -73,6 +112,14 @@ class Collective(ABC):
         self._record("server_broadcast", x.unsqueeze(0), tag=tag, record=True, ranks=sorted(ranks))
         return x
 
+    def server_gather(self, x, *, ranks: list[int], tag: str = ""):
+        """Federated uplink without reduction (for compressed payloads the server decodes one by one):
+        clients in `ranks` send their row (a tensor or a Packet) to the server. Returns every rank's rows
+        `(n, P, ...)` as the server holds them, mirrored to every process; rows of ranks not in `ranks` are
+        carried along but neither counted nor meaningful. Recorded like `server_reduce`."""
+        self._record("server_gather", x, tag=tag, record=True, ranks=sorted(ranks))
+        return self.all_gather(x, record=False)
+
     @abstractmethod
     def mix(self, x: torch.Tensor, *, weights: torch.Tensor, tag: str = "") -> torch.Tensor:
         """Gossip: row i becomes sum_j W[i, j] x_j with a (P, P) mixing matrix; each rank sends
@@ -81,6 +128,19 @@ class Collective(ABC):
     def mean_metric(self, x: torch.Tensor) -> float:
         """Mean over all ranks of a per-rank scalar (n,), not recorded."""
         return float(self.all_gather(x.detach().double().reshape(-1, 1), record=False)[0].mean())
+
+
+def group_cost(topology, op: str, payload_bytes: int, groups: list[list[int]]) -> Cost:
+    """One collective run inside each group at once: bytes per rank from each group's cost, the
+    slowest group's time and message count; the algorithm is named with the group shape, e.g. 'ring[4x2]'."""
+    costs = [topology.cost(op, payload_bytes, ranks=g) for g in groups]
+    slow = max(costs, key=lambda c: c.seconds)
+    total = {cls: sum(c.bytes[cls] for c in costs) for cls in slow.bytes}
+    algorithms = sorted({c.algorithm for c in costs})
+    traffics = [getattr(c, "traffic", None) for c in costs]
+    extra = {"traffic": sum(traffics)} if traffics and all(t is not None for t in traffics) else {}
+    return Cost(slow.seconds, f"{'+'.join(algorithms)}[{len(groups)}x{len(groups[0])}]", total,
+                max(c.messages for c in costs), **extra)
 
 
 def ordered_sum(rows: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -3,6 +3,12 @@
 Each process holds one row (`n_local = 1`). Results match `SimulatedCollective`
 up to floating-point association (gloo's ring sums in its own order): the tests
 hold them to 1e-6. The Ledger is computed the same way in every process.
+
+Sub-groups (`groups=`) become `torch.distributed` groups made with
+`dist.new_group`, cached by their layout. Every process creates every group of a
+layout, in list order, the first time the layout is used; since every process
+issues the same collectives in the same order, the groups are created in the
+same order everywhere, as `new_group` requires.
 """
 from __future__ import annotations
 
@@ -14,6 +20,10 @@ import torch.distributed as dist
 from lab.comm.collective import Collective, mixing_pairs, ordered_sum
 from lab.comm.ledger import Ledger
 from lab.comm.packet import Packet
+
+
+# all_gather into one flat output buffer (named all_gather_into_tensor before torch 2.10)
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
 def init_from_env(backend: str | None = None) -> tuple[int, int]:
@@ -33,6 +43,25 @@ class DistributedCollective(Collective):
         rank, world = dist.get_rank(group), dist.get_world_size(group)
         super().__init__(world_size=world, ranks=[rank], ledger=ledger)
         self.rank = rank
+        self._subgroups: dict[tuple, object] = {}
+
+    def _pg(self, groups):
+        """The process group of this rank's group in `groups` (validated), creating the layout's groups once."""
+        if groups is None:
+            return self.group
+        key = tuple(tuple(g) for g in groups)
+        if key not in self._subgroups:
+            mine = None
+            for g in groups:  # every process creates every group, in the same order
+                members = g if self.group is None else [dist.get_global_rank(self.group, r) for r in g]
+                pg = dist.new_group(members)
+                if self.rank in g:
+                    mine = pg
+            self._subgroups[key] = mine
+        return self._subgroups[key]
+
+    def _size(self, groups) -> int:
+        return self.world_size if groups is None else len(groups[0])
 
     def _row(self, x):
         if x.shape[0] != 1:
@@ -44,33 +73,43 @@ class DistributedCollective(Collective):
         dist.all_gather(out, row, group=self.group)
         return torch.stack(out)
 
-    def all_reduce(self, x, *, op="mean", tag="", record=True):
+    def all_reduce(self, x, *, op="mean", tag="", record=True, groups=None):
         if op not in ("sum", "mean"):
             raise ValueError(f"op={op!r} is not supported; allowed: 'sum', 'mean'")
-        self._record("all_reduce", x, tag=tag, record=record)
-        row = self._row(x).float().clone()
-        dist.all_reduce(row, group=self.group)
+        groups = self._groups(groups)
+        self._record("all_reduce", x, tag=tag, record=record, groups=groups)
+        row = self._row(x).to(torch.promote_types(x.dtype, torch.float32)).clone()  # fp32, or fp64 as given
+        dist.all_reduce(row, group=self._pg(groups))
         if op == "mean":
-            row = row / self.world_size
+            row.div_(self._size(groups))
         return row.to(x.dtype).unsqueeze(0)
 
-    def reduce_scatter(self, x, *, op="mean", tag=""):
-        p = self.world_size
+    def reduce_scatter(self, x, *, op="mean", tag="", groups=None):
+        groups = self._groups(groups)
+        p = self._size(groups)
         if x.shape[1] % p:
-            raise ValueError(f"reduce_scatter needs dim 1 ({x.shape[1]}) divisible by world_size={p}")
-        self._record("reduce_scatter", x, tag=tag, record=True)
+            raise ValueError(f"reduce_scatter needs dim 1 ({x.shape[1]}) divisible by the group size {p}")
+        self._record("reduce_scatter", x, tag=tag, record=True, groups=groups)
         chunks = list(self._row(x).float().chunk(p, dim=0))
         out = torch.empty_like(chunks[0])
-        dist.reduce_scatter(out, [c.contiguous() for c in chunks], group=self.group)
+        dist.reduce_scatter(out, [c.contiguous() for c in chunks], group=self._pg(groups))
         if op == "mean":
-            out = out / p
+            out.div_(p)
         return out.to(x.dtype).unsqueeze(0)
 
-    def all_gather(self, x, *, tag="", record=True):
-        self._record("all_gather", x, tag=tag, record=record)
+    def all_gather(self, x, *, tag="", record=True, groups=None):
+        groups = self._groups(groups)
+        self._record("all_gather", x, tag=tag, record=record, groups=groups)
         if isinstance(x, Packet):
-            return x.map(lambda t: self._gather_rows(self._row(t)).unsqueeze(0))
-        return self._gather_rows(self._row(x)).unsqueeze(0)
+            return x.map(lambda t: self._gather_into(self._row(t), groups).unsqueeze(0))
+        return self._gather_into(self._row(x), groups).unsqueeze(0)
+
+    def _gather_into(self, row, groups):
+        """(…) -> (G, …): one output buffer filled by all_gather_into_tensor (no per-rank copies)."""
+        p = self._size(groups)
+        out = torch.empty(p * row.numel(), dtype=row.dtype)
+        _all_gather_single(out, row.contiguous().view(-1), group=self._pg(groups))
+        return out.view(p, *row.shape)
 
     def broadcast(self, x, *, src=0, tag=""):
         self._record("broadcast", x, tag=tag, record=True)
@@ -78,13 +117,20 @@ class DistributedCollective(Collective):
         dist.broadcast(row, src=src, group=self.group)
         return row.unsqueeze(0)
 
-    def all_to_all(self, x, *, tag=""):
-        if x.shape[1] != self.world_size:
-            raise ValueError(f"all_to_all needs dim 1 ({x.shape[1]}) equal to world_size={self.world_size}")
-        self._record("all_to_all", x, tag=tag, record=True)
+    def all_to_all(self, x, *, tag="", groups=None):
+        groups = self._groups(groups)
+        self._record("all_to_all", x, tag=tag, record=True, groups=groups)
+        if isinstance(x, Packet):
+            return x.map(lambda t: self._all_to_all(t, groups))
+        return self._all_to_all(x, groups)
+
+    def _all_to_all(self, x, groups):
+        p = self._size(groups)
+        if x.shape[1] != p:
+            raise ValueError(f"all_to_all needs dim 1 ({x.shape[1]}) equal to the group size {p}")
         row = self._row(x)
         out = torch.empty_like(row)
-        dist.all_to_all_single(out, row, group=self.group)
+        dist.all_to_all_single(out, row, group=self._pg(groups))
         return out.unsqueeze(0)
 
     def shift(self, x, *, offset=1, tag=""):

@@ -41,6 +41,10 @@ class Ledger:
         self.step = 0
         self._totals = {c: np.zeros(topology.num_ranks, dtype=np.int64) for c in LINK_CLASSES}
         self.seconds = 0.0
+        #: (P+1, P+1) bytes sent from each rank to each rank so far (index P: a star's server), where the
+        #: cost model gave them (the topology view colours links by it)
+        self.traffic = np.zeros((topology.num_ranks + 1,) * 2)
+        self.clock = None  # a lab.clock.Clock that puts every recorded call on its timeline
 
     def record(self, op: str, payload_bytes: int, *, tag: str = "", ranks=None, cost=None) -> Entry:
         cost = cost or self.topology.cost(op, payload_bytes, ranks=ranks)
@@ -51,6 +55,10 @@ class Ledger:
         for c in LINK_CLASSES:
             self._totals[c] += cost.bytes[c]
         self.seconds += cost.seconds
+        if getattr(cost, "traffic", None) is not None and cost.traffic.shape == self.traffic.shape:
+            self.traffic += cost.traffic
+        if self.clock is not None:
+            self.clock.on_record(e, ranks=ranks, cost=cost)
         return e
 
     # ---- summaries -----------------------------------------------------------------

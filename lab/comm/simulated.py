@@ -16,31 +16,47 @@ class SimulatedCollective(Collective):
         if x.shape[0] != self.world_size:
             raise ValueError(f"rank-stacked tensor has {x.shape[0]} rows, expected world_size={self.world_size}")
 
-    def all_reduce(self, x, *, op="mean", tag="", record=True):
+    def all_reduce(self, x, *, op="mean", tag="", record=True, groups=None):
         self._check(x)
-        self._record("all_reduce", x, tag=tag, record=record)
+        if op not in ("sum", "mean"):
+            raise ValueError(f"op={op!r} is not supported; allowed: 'sum', 'mean'")
+        groups = self._groups(groups)
+        self._record("all_reduce", x, tag=tag, record=record, groups=groups)
+        if groups is not None:
+            out = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, torch.float32))
+            for g in groups:
+                acc = ordered_sum(x[g])
+                out[g] = (acc / len(g) if op == "mean" else acc).unsqueeze(0)
+            return out
         acc = ordered_sum(x)
         if op == "mean":
             acc = acc / self.world_size
-        elif op != "sum":
-            raise ValueError(f"op={op!r} is not supported; allowed: 'sum', 'mean'")
         return acc.unsqueeze(0).expand(x.shape)
 
-    def reduce_scatter(self, x, *, op="mean", tag=""):
+    def reduce_scatter(self, x, *, op="mean", tag="", groups=None):
         self._check(x)
-        p = self.world_size
+        groups = self._groups(groups)
+        p = self.world_size if groups is None else len(groups[0])
         if x.shape[1] % p:
-            raise ValueError(f"reduce_scatter needs dim 1 ({x.shape[1]}) divisible by world_size={p}")
-        self._record("reduce_scatter", x, tag=tag, record=True)
-        full = self.all_reduce(x, op=op, record=False)[0]
-        return full.reshape(p, x.shape[1] // p, *x.shape[2:])
+            raise ValueError(f"reduce_scatter needs dim 1 ({x.shape[1]}) divisible by the group size {p}")
+        self._record("reduce_scatter", x, tag=tag, record=True, groups=groups)
+        if groups is None:
+            full = self.all_reduce(x, op=op, record=False)[0]
+            return full.reshape(p, x.shape[1] // p, *x.shape[2:])
+        full = self.all_reduce(x, op=op, record=False, groups=groups)  # (P, G*c, ...)
+        chunks = full.reshape(self.world_size, p, x.shape[1] // p, *x.shape[2:])
+        pos = torch.tensor([self.group_of(r, groups).index(r) for r in range(self.world_size)])
+        return chunks[torch.arange(self.world_size), pos]
 
-    def all_gather(self, x, *, tag="", record=True):
+    def all_gather(self, x, *, tag="", record=True, groups=None):
+        groups = self._groups(groups)
         if isinstance(x, Packet):
-            self._record("all_gather", x, tag=tag, record=record)
-            return x.map(lambda t: self.all_gather(t, record=False))
+            self._record("all_gather", x, tag=tag, record=record, groups=groups)
+            return x.map(lambda t: self.all_gather(t, record=False, groups=groups))
         self._check(x)
-        self._record("all_gather", x, tag=tag, record=record)
+        self._record("all_gather", x, tag=tag, record=record, groups=groups)
+        if groups is not None:
+            return torch.stack([x[self.group_of(r, groups)] for r in range(self.world_size)])
         return x.unsqueeze(0).expand(self.world_size, *x.shape)
 
     def broadcast(self, x, *, src=0, tag=""):
@@ -48,12 +64,25 @@ class SimulatedCollective(Collective):
         self._record("broadcast", x, tag=tag, record=True)
         return x[src].unsqueeze(0).expand(x.shape)
 
-    def all_to_all(self, x, *, tag=""):
+    def all_to_all(self, x, *, tag="", groups=None):
+        groups = self._groups(groups)
+        if isinstance(x, Packet):
+            self._record("all_to_all", x, tag=tag, record=True, groups=groups)
+            return x.map(lambda t: self._all_to_all(t, groups))
+        self._record("all_to_all", x, tag=tag, record=True, groups=groups)
+        return self._all_to_all(x, groups)
+
+    def _all_to_all(self, x, groups):
         self._check(x)
-        if x.shape[1] != self.world_size:
-            raise ValueError(f"all_to_all needs dim 1 ({x.shape[1]}) equal to world_size={self.world_size}")
-        self._record("all_to_all", x, tag=tag, record=True)
-        return x.transpose(0, 1).contiguous()
+        p = self.world_size if groups is None else len(groups[0])
+        if x.shape[1] != p:
+            raise ValueError(f"all_to_all needs dim 1 ({x.shape[1]}) equal to the group size {p}")
+        if groups is None:
+            return x.transpose(0, 1).contiguous()
+        out = torch.empty_like(x)
+        for g in groups:
+            out[g] = x[g].transpose(0, 1)
+        return out
 
     def shift(self, x, *, offset=1, tag=""):
         self._check(x)

@@ -19,6 +19,7 @@ import torch
 
 from lab.comm.packet import Packet
 from lab.compress.base import Compressor
+from lab.compress.packing import pack_bits, unpack_bits
 
 
 def k_for_ratio(ratio: float, d: int) -> int:
@@ -28,24 +29,10 @@ def k_for_ratio(ratio: float, d: int) -> int:
     return max(1, min(d, max(k_index, k_bitmap)))
 
 
-def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """(n, d) bool -> (n, ⌈d/8⌉) uint8, little-endian within each byte."""
-    n, d = mask.shape
-    padded = torch.zeros(n, math.ceil(d / 8) * 8, dtype=torch.uint8)
-    padded[:, :d] = mask.to(torch.uint8)
-    weights = (2 ** torch.arange(8, dtype=torch.uint8))
-    return (padded.view(n, -1, 8) * weights).sum(dim=2, dtype=torch.uint8)
-
-
-def unpack_bits(packed: torch.Tensor, d: int) -> torch.Tensor:
-    """(n, ⌈d/8⌉) uint8 -> (n, d) bool."""
-    bits = (packed.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1
-    return bits.reshape(packed.shape[0], -1)[:, :d].bool()
-
-
 class TopK(Compressor):
     name = "topk"
     unbiased = False
+    knob = "k: the most coordinates whose values + indices (or bitmap) fit in ratio · 4d bytes"
 
     def __init__(self, *, ratio: float | None = None, k: int | None = None):
         if (ratio is None) == (k is None):
@@ -60,11 +47,14 @@ class TopK(Compressor):
     def contraction(self, d: int) -> float:
         return self.k_for(d) / d
 
-    def compress(self, v):  # v: (n, d)
+    def describe(self, d: int) -> str:
+        return f"k={self.k_for(d)}"
+
+    def compress(self, v, *, ranks=None):  # v: (n, d)
         n, d = v.shape
         k = self.k_for(d)
         idx = v.abs().topk(k, dim=1, sorted=False).indices.sort(dim=1).values  # (n, k)
-        vals = v.gather(1, idx).float()  # (n, k)
+        vals = v.gather(1, idx)  # (n, k) in v's dtype (fp32 in the lab: 4 bytes each)
         meta = {"d": d, "k": k}
         if 4 * k + math.ceil(d / 8) < 8 * k:
             mask = torch.zeros(n, d, dtype=torch.bool)

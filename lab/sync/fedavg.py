@@ -6,83 +6,73 @@ from Decentralized Data" (spec: shared/techniques/sync_and_compression.md §A1).
 Round r: the server samples S = max(1, round(C·N)) clients without replacement
 (a generator seeded by (seed, r), so every process agrees), sends them the
 global model (downlink, d fp32 each), each client runs E·⌈n_i/B⌉ plain-SGD
-steps on its own data (clients with more data do more steps), and uploads its
-model (uplink, d fp32 each); the server sets x = Σ_i (n_i / Σ_j n_j) y_i over
-the sampled clients, accumulated in ascending client order.
+steps on its own data (clients with more data do more steps; `local_steps`
+fixes the count instead), and uploads its model (uplink, d fp32 each); the
+server sets x = Σ_i (n_i / Σ_j n_j) y_i over the clients that took part,
+accumulated in ascending client order.
 
-Knobs: `client_fraction` C, `local_epochs` E, `batch_size` B, `lr`, `momentum`
-(a fresh momentum buffer each round: clients are stateless). `rounds` budgets
-the run. Steps use fixed-size batches drawn from each client's reshuffled
-stream (a batch may wrap across an epoch), since rank-stacked clients need
-equal batch shapes.
+Knobs: `client_fraction` C, `local_epochs` E (or `local_steps`), `batch_size` B,
+`lr`, `momentum` (a fresh momentum buffer each round: clients are stateless),
+and the client faults of `lab.sync.faults` (dropouts, stragglers and a
+deadline, clients that stop for good, sign-flipping clients). Without a
+deadline the server waits for every sampled client, so one that stopped for
+good stalls the run. `rounds` budgets the run. Steps use fixed-size batches
+drawn from each client's reshuffled stream (a batch may wrap across an epoch),
+since rank-stacked clients need equal batch shapes. Shared machinery:
+`lab.sync.federated`.
+
+Uplink compression (`compressor`, `compression_ratio`, `error_feedback`): each
+participating client sends its update y_i − x through a `lab.compress.Channel`
+(error-feedback state per client, updated only when it takes part) and the
+server sets x ← x + Σ_i w_i decode(C(y_i − x)); uncompressed, this is the
+average above.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from lab.technique import RoundResult, Technique, TrainContext
+from lab.compress import make_channel
+from lab.sync.faults import RoundPlan
+from lab.sync.federated import Federated, LocalTraining, sample_clients
+from lab.technique import RoundResult, TrainContext
+
+__all__ = ["FedAvg", "sample_clients"]
 
 
-def sample_clients(num_clients: int, fraction: float, *, seed: int, round_index: int) -> list[int]:
-    s = max(1, round(fraction * num_clients))
-    g = torch.Generator().manual_seed(seed * 100_003 + round_index)
-    return sorted(torch.randperm(num_clients, generator=g)[:s].tolist())
-
-
-class FedAvg(Technique):
+class FedAvg(Federated):
     name = "fedavg"
-    budget = "rounds"
 
     def setup(self, ctx: TrainContext) -> None:
-        self.global_row = ctx.cluster.params.detach()[0].clone()  # (d,) every rank starts from the same init
-        self.sizes = torch.tensor([ctx.batches.shard_size(r) for r in range(ctx.collective.world_size)],
-                                  dtype=torch.float32)  # (P,) n_i
+        super().setup(ctx)
+        self.channel = make_channel(self.config, ctx)  # uplink compression (`compressor`, `error_feedback`)
 
-    def local_steps(self, rank: int) -> int:
-        return self.config.local_epochs * math.ceil(self.sizes[rank].item() / self.config.batch_size)
+    def direction(self, g: torch.Tensor, y: torch.Tensor, mine: list[int]) -> torch.Tensor:
+        """The local SGD direction from the raw gradient g (S, d) at y (S, d): plain FedAvg uses g."""
+        return g
 
-    def round(self, ctx: TrainContext) -> RoundResult:
-        c = self.config
-        sampled = sample_clients(ctx.collective.world_size, c.client_fraction, seed=c.seed, round_index=ctx.rounds)
-        ctx.ledger.step = ctx.step
-        ctx.collective.server_broadcast(self.global_row, ranks=sampled, tag="model")
-        mine = [r for r in sampled if r in ctx.cluster.ranks]  # the sampled clients this process runs
-        rows = [ctx.cluster.local_index(r) for r in mine]
-        steps = torch.tensor([self.local_steps(r) for r in mine], dtype=torch.long)  # (S_local,)
-        max_steps = max(self.local_steps(r) for r in sampled)
-        loss_sum = torch.zeros(ctx.cluster.num_local, dtype=torch.float64)
-        if mine:
-            y = self.global_row.expand(len(mine), -1).clone()  # (S_local, d)
-            buf = torch.zeros_like(y)
-            for t in range(int(steps.max())):
-                active = (steps > t).float().unsqueeze(1)  # clients that still have steps to run
-                xb, yb = ctx.batches.next(mine)
-                losses, g = ctx.cluster.loss_and_grad(y, xb, yb)
-                if c.weight_decay:
-                    g = g + c.weight_decay * y
-                buf = c.momentum * buf + g
-                y = y - c.lr * active * buf
-                loss_sum[rows] += losses.double() * active.squeeze(1).double()
-            ctx.cluster.set_rows(y, rows)
-        ctx.step += max_steps
-        ctx.compute_seconds += max_steps * ctx.step_compute_seconds  # the round waits for the slowest client
+    def train_round(self, ctx: TrainContext, plan: RoundPlan) -> RoundResult:
+        direction = None if type(self).direction is FedAvg.direction else self.direction
+        out = self.local_sgd(ctx, plan.participants, self.global_row, direction=direction)
+        self.aggregate(ctx, out, plan.participants)
+        extras = {"clients": len(plan.sampled)}
+        if not self.channel.dense:
+            extras["measured_ratio"] = self.channel.measured_ratio  # the compressed uplink's bytes / dense
+        return RoundResult(self.mean_loss(ctx, out, plan.participants), extras)
+
+    def aggregate(self, ctx: TrainContext, out: LocalTraining, clients: list[int]) -> None:
+        """x = Σ_i (n_i / Σ_j n_j) y_i over `clients` (sign-flipping clients upload x − s·(y − x))."""
+        uploads = self.faults.flip(ctx.cluster.params.detach(), self.global_row, ctx.cluster.ranks)  # (n, d)
         weights = torch.zeros(ctx.collective.world_size)
-        weights[sampled] = self.sizes[sampled] / self.sizes[sampled].sum()
-        self.global_row = ctx.collective.server_reduce(ctx.cluster.params.detach(), weights=weights, ranks=sampled,
-                                                       tag="model").clone()
-        per_client = torch.zeros(ctx.cluster.num_local, dtype=torch.float64)
-        for r, row in zip(mine, rows):
-            per_client[row] = loss_sum[row] / self.local_steps(r)
-        total = ctx.collective.all_reduce(per_client.unsqueeze(1), op="sum", record=False)[0, 0]
-        return RoundResult(float(total) / len(sampled), {"clients": len(sampled)})
-
-    def model_row(self, ctx: TrainContext) -> torch.Tensor:
-        return self.global_row
-
-    def state_dict(self) -> dict:
-        return {"global_row": self.global_row}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.global_row = state["global_row"]
+        weights[clients] = self.sizes[clients] / self.sizes[clients].sum()
+        if self.channel.dense:
+            self.global_row = ctx.collective.server_reduce(uploads, weights=weights, ranks=clients,
+                                                           tag="model").clone()
+            return
+        # compressed uplink: clients send their update y_i − x through the channel (error feedback kept per
+        # client, only for those taking part); the server adds the decoded weighted average to x
+        active = torch.tensor([r in clients for r in ctx.cluster.ranks])  # (n,)
+        delta = (uploads - self.global_row) * active.unsqueeze(1)  # (n, d) zero rows for absent clients
+        self.channel.set_reference(self.global_row)
+        update = self.channel.server_reduce(delta, ctx.collective, weights=weights, ranks=clients, active=active,
+                                            tag="update")
+        self.global_row = self.global_row + update

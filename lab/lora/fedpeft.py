@@ -1,0 +1,22 @@
+"""FedPEFT (Sun et al. 2022, "Exploring Parameter-Efficient Fine-Tuning to Enable Foundation Models in FL").
+
+Spec Part B §B14. FedAvg in which clients fine-tune, and communicate, only a
+parameter-efficient subset P of a frozen backbone (`lab.lora.peft.PeftMap`):
+`peft_mode` = 'bias' (FedPEFT-Bias: biases + head), 'lora' (adapters: LoRA
+factors + head, standing in for FedPEFT-Adapter), 'head' (the classifier
+only), or 'full' (every parameter: the full fine-tuning baseline FedPEFT is
+compared with). The classifier head is always trained.
+
+Round: the server sends the global P to the sampled clients (downlink 4|P|
+bytes each), each trains P with plain SGD for its local steps, uploads it
+(uplink 4|P| bytes), and the server averages with data-size weights. Knobs:
+`peft_mode`, `lora_rank`, `lora_alpha`, `lr`, `local_steps` / `local_epochs`,
+`client_fraction`. The metrics column `trainable` is |P|.
+"""
+from __future__ import annotations
+
+from lab.lora.peft import PeftFederated
+
+
+class FedPEFT(PeftFederated):
+    name = "fedpeft"

@@ -1,0 +1,2 @@
+"""The sharding family: ZeRO 1/2/3 and hybrid sharding, ZeRO++, 3-level partitioning, Adam-mini, Hecate FSSDP,
+the memory model and the planner. Spec: shared/techniques/sharding_and_topology.md, Part A."""

@@ -1,0 +1,42 @@
+"""Validation of the sharding family's config fields; `ExperimentConfig.__post_init__` calls `check(config, bad)`.
+
+`bad(name, value, allowed)` raises the ValueError every config error uses (field, value, what is allowed).
+"""
+from __future__ import annotations
+
+from lab import topology as topo
+from lab.sharding.layout import divisors
+
+SHARDED = ("zero",)
+
+
+def check(c, bad) -> None:
+    from lab.sharding.zero import parse_zeropp
+
+    if c.sharding_degree < 0 or (c.sharding_degree and c.num_workers % c.sharding_degree):
+        bad("sharding_degree", c.sharding_degree, f"0 (all workers) or a divisor of num_workers={c.num_workers}: "
+            f"{divisors(c.num_workers)}")
+    if c.hpz_size < 0 or (c.hpz_size and c.num_workers % c.hpz_size):
+        bad("hpz_size", c.hpz_size, f"0 (ranks per node) or a divisor of num_workers={c.num_workers}: "
+            f"{divisors(c.num_workers)}")
+    if c.quant_block < 1:
+        bad("quant_block", c.quant_block, "an integer >= 1")
+    try:
+        flags = parse_zeropp(c.zeropp)
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+    if c.technique != "zero":
+        return
+    if flags and c.zero_stage != 3:
+        bad("zeropp", c.zeropp, f"'none' with zero_stage={c.zero_stage} (ZeRO++ builds on stage 3)")
+    s = c.sharding_degree or c.num_workers
+    if "qgz" in flags and s != c.num_workers:
+        bad("zeropp", c.zeropp, f"no qgz with sharding_degree={c.sharding_degree}: qgZ reduces over all "
+            f"{c.num_workers} workers (sharding_degree 0 or {c.num_workers})")
+    if c.reduce_levels != "flat" and s != c.num_workers:
+        bad("reduce_levels", c.reduce_levels, f"'flat' with sharding_degree={c.sharding_degree}: a hierarchical "
+            f"reduction reduces over all {c.num_workers} workers (sharding_degree 0 or {c.num_workers})")
+    if c.reduce_levels == "die+node":
+        d = topo.preset(c.topology, c.num_workers).ranks_per_node
+        if c.dies_per_gpu < 1 or d % c.dies_per_gpu:
+            bad("dies_per_gpu", c.dies_per_gpu, f"a divisor of the {d} ranks per node of topology={c.topology!r}")

@@ -1,0 +1,149 @@
+"""Client faults shared by the federated techniques, and the record of who took part in each round.
+
+Real federated rounds lose clients. The lab models four kinds, all drawn from
+generators seeded by (seed, round), so every process of a distributed run and
+every technique run on the same config see the same faults:
+
+- **dropout** (`dropout_prob`): a sampled client leaves the round and says so
+  (a closed connection); the server does not wait for it.
+- **stragglers** (`straggler_prob`, `straggler_slowdown`): a sampled client
+  computes `straggler_slowdown` times slower than its nominal time
+  (local steps × the device's step time).
+- **clients that stop for good** (`clients_stop`, `stop_round`): from round
+  `stop_round` on, that many clients (chosen by the seed) never answer again.
+  A server cannot tell a dead client from a slow one.
+- **sign-flipping (Byzantine) clients** (`byzantine_clients`, `byzantine_scale`):
+  they upload the negation of their honest update, x − scale·(y − x), or of
+  their vote (FedVote).
+
+The server's **deadline** (`round_deadline`, in multiples of the round's
+nominal compute time, i.e. the slowest sampled client without faults): clients
+that have not answered by then are left out of the round. With no deadline (0)
+the server waits for every sampled client that did not announce a dropout: a
+straggler just makes the round slower, and a client that stopped for good
+makes it wait forever — the round *stalls* and no later round completes.
+
+`ClientFaults.plan(...)` turns one round's sample into a `RoundPlan`: who
+takes part, who dropped, who was late, who was silent, whether the round
+stalls, and the simulated seconds the server waited. `RoundPlan.extras()` is
+what every federated technique writes into its metrics row (`sampled`,
+`participants` as comma-separated client ids, `num_participants`,
+`round_completed`); `participants_of(row)` parses them back.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class RoundPlan:
+    round_index: int
+    sampled: list[int]
+    participants: list[int]  # clients whose upload the server uses, ascending
+    dropped: list[int] = field(default_factory=list)  # announced dropouts
+    late: list[int] = field(default_factory=list)  # stragglers that missed the deadline
+    silent: list[int] = field(default_factory=list)  # stopped for good: never answer
+    stalled: bool = False  # the server waits forever for a silent client (no deadline)
+    seconds: float = 0.0  # simulated compute time of the round as the server waits for it
+
+    @property
+    def completed(self) -> bool:
+        """The server aggregated at least one client's update."""
+        return not self.stalled and bool(self.participants)
+
+    def extras(self) -> dict:
+        return {"sampled": ids(self.sampled), "participants": ids(self.participants if not self.stalled else []),
+                "num_participants": len(self.participants) if not self.stalled else 0,
+                "round_completed": self.completed}
+
+
+def ids(clients) -> str:
+    return ",".join(str(c) for c in clients)
+
+
+def participants_of(row) -> list[int]:
+    """The clients that took part in a metrics row's round."""
+    s = row["participants"]
+    return [int(c) for c in s.split(",")] if s else []
+
+
+class ClientFaults:
+    """The fault model of one run over `num_clients` clients (see the module docstring)."""
+
+    def __init__(self, *, num_clients: int, seed: int = 0, dropout_prob: float = 0.0, straggler_prob: float = 0.0,
+                 straggler_slowdown: float = 4.0, deadline: float = 0.0, num_stop: int = 0, stop_round: int = 0,
+                 num_byzantine: int = 0, byzantine_scale: float = 1.0):
+        if not 0 <= num_stop <= num_clients:
+            raise ValueError(f"clients_stop={num_stop!r} is invalid: expected 0..{num_clients}")
+        if not 0 <= num_byzantine < max(num_clients, 1) and num_byzantine:
+            raise ValueError(f"byzantine_clients={num_byzantine!r} is invalid: expected 0..{num_clients - 1}")
+        self.num_clients, self.seed = num_clients, seed
+        self.dropout_prob, self.straggler_prob, self.straggler_slowdown = dropout_prob, straggler_prob, straggler_slowdown
+        self.deadline, self.stop_round, self.byzantine_scale = deadline, stop_round, byzantine_scale
+        g = torch.Generator().manual_seed(seed * 7_919 + 424_242)
+        self.stopping = set(torch.randperm(num_clients, generator=g)[:num_stop].tolist())
+        self.byzantine = set(torch.randperm(num_clients, generator=g)[:num_byzantine].tolist())
+
+    @classmethod
+    def from_config(cls, c, num_clients: int | None = None) -> ClientFaults:
+        return cls(num_clients=c.num_workers if num_clients is None else num_clients, seed=c.seed,
+                   dropout_prob=c.dropout_prob, straggler_prob=c.straggler_prob,
+                   straggler_slowdown=c.straggler_slowdown, deadline=c.round_deadline, num_stop=c.clients_stop,
+                   stop_round=c.stop_round, num_byzantine=c.byzantine_clients, byzantine_scale=c.byzantine_scale)
+
+    def alive(self, client: int, round_index: int) -> bool:
+        """Whether `client` still answers in round `round_index`."""
+        return client not in self.stopping or round_index < self.stop_round
+
+    def draws(self, round_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dropped (N,) bool, straggling (N,) bool) for one round, the same on every process."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_033 + round_index * 31 + 17)
+        u = torch.rand(2, self.num_clients, generator=g, dtype=torch.float64)
+        return u[0] < self.dropout_prob, u[1] < self.straggler_prob
+
+    def finish_times(self, sampled: list[int], *, round_index: int, steps: dict[int, int],
+                     step_seconds: float) -> tuple[dict[int, float], list[int], float]:
+        """When each sampled client's upload arrives: ({client: seconds (inf if silent)}, announced dropouts,
+        the deadline in seconds (inf without one)). `steps[c]` is client c's local steps."""
+        dropped_draw, straggling = self.draws(round_index)
+        nominal = max((steps[c] * step_seconds for c in sampled), default=0.0)
+        deadline_s = self.deadline * nominal if self.deadline else math.inf
+        finish, dropped = {}, []
+        for c in sampled:
+            if not self.alive(c, round_index):
+                finish[c] = math.inf
+            elif dropped_draw[c]:
+                dropped.append(c)
+            else:
+                finish[c] = steps[c] * step_seconds * (self.straggler_slowdown if straggling[c] else 1.0)
+        return finish, dropped, deadline_s
+
+    def plan(self, sampled: list[int], *, round_index: int, steps: dict[int, int], step_seconds: float) -> RoundPlan:
+        """Who of `sampled` takes part in round `round_index` when the server waits for all of them (or
+        the deadline)."""
+        finish, dropped, deadline_s = self.finish_times(sampled, round_index=round_index, steps=steps,
+                                                        step_seconds=step_seconds)
+        plan = RoundPlan(round_index, list(sampled), [], dropped=dropped)
+        for c, t in finish.items():
+            if t == math.inf:
+                plan.silent.append(c)
+            else:
+                (plan.participants if t <= deadline_s else plan.late).append(c)
+        plan.stalled = bool(plan.silent) and not self.deadline
+        waited_for_deadline = bool(plan.late or plan.silent)
+        plan.seconds = deadline_s if waited_for_deadline and self.deadline else max(
+            (finish[c] for c in plan.participants), default=0.0)
+        return plan
+
+    def flip(self, rows: torch.Tensor, reference: torch.Tensor, clients: list[int]) -> torch.Tensor:
+        """Sign-flipping attack on uploads: rows (k, d) of `clients`; Byzantine ones become
+        reference − scale·(row − reference). Honest rows are returned unchanged."""
+        bad = [i for i, c in enumerate(clients) if c in self.byzantine]
+        if not bad:
+            return rows
+        out = rows.clone()
+        out[bad] = reference - self.byzantine_scale * (rows[bad] - reference)
+        return out

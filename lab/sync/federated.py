@@ -1,0 +1,154 @@
+"""What server-based federated techniques share: client sampling under the fault model, local SGD on the
+sampled clients, and the round's bookkeeping (steps, simulated compute time, who took part).
+
+`Federated` is the base class of FedAvg, FedProx, SCAFFOLD/SCALLION/SCAFCOM,
+FedVote and PGFed (MoDeST reuses its local training). A round of a subclass:
+
+    plan = self.plan_round(ctx)              sample S = max(1, round(C·N)) clients, apply the faults
+    if plan.stalled: return self.stall(ctx, plan)
+    ... broadcast, then
+    out = self.local_sgd(ctx, plan.participants, start, direction=...)
+    ... upload, aggregate
+    self.finish_round(ctx, plan)             steps and simulated time the server waited
+
+Local steps of client i per round: `local_steps` if set, else FedAvg's
+`local_epochs · ⌈n_i / B⌉` (clients with more data do more steps). Local
+training is plain SGD with the config's `lr`, `momentum` (a fresh buffer each
+round: clients are stateless) and `weight_decay`; `direction(g, y)` lets a
+technique change the step direction (FedProx's proximal term, SCAFFOLD's
+correction), while `grad_mean` keeps the average *raw* gradient of each
+client over its steps (SCAFFOLD's control variate, robust to momentum).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from lab.sync.faults import ClientFaults, RoundPlan
+from lab.technique import RoundResult, Technique, TrainContext
+
+
+def sample_clients(num_clients: int, fraction: float, *, seed: int, round_index: int) -> list[int]:
+    """S = max(1, round(C·N)) clients without replacement, from a generator seeded by (seed, round)."""
+    s = max(1, round(fraction * num_clients))
+    g = torch.Generator().manual_seed(seed * 100_003 + round_index)
+    return sorted(torch.randperm(num_clients, generator=g)[:s].tolist())
+
+
+@dataclass
+class LocalTraining:
+    clients: list[int]  # the clients this process trained, ascending
+    rows: list[int]  # their local row indices in the cluster
+    params: torch.Tensor  # (S_local, d) their models after training
+    loss: torch.Tensor  # (S_local,) float64 mean training loss over each client's steps
+    grad_mean: torch.Tensor  # (S_local, d) mean raw gradient (with weight decay) over each client's steps
+
+
+class Federated(Technique):
+    budget = "rounds"
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.global_row = ctx.cluster.params.detach()[0].clone()  # (d,) every rank starts from the same init
+        self.sizes = torch.tensor([ctx.batches.shard_size(r) for r in range(ctx.collective.world_size)],
+                                  dtype=torch.float32)  # (P,) n_i
+        self.faults = ClientFaults.from_config(self.config, ctx.collective.world_size)
+        self.stalled: RoundPlan | None = None
+
+    def local_steps(self, rank: int) -> int:
+        c = self.config
+        if c.local_steps:
+            return c.local_steps
+        return c.local_epochs * math.ceil(self.sizes[rank].item() / c.batch_size)
+
+    # ---- the round template ---------------------------------------------------------------------
+    def round(self, ctx: TrainContext) -> RoundResult:
+        if self.stalled is not None:
+            return self.stall(ctx)
+        plan = self.plan_round(ctx)
+        self.downlink(ctx, plan.sampled)
+        if plan.stalled:
+            return self.stall(ctx, plan)
+        result = self.train_round(ctx, plan) if plan.participants else RoundResult(float("nan"))
+        self.finish_round(ctx, plan)
+        result.extras.update(plan.extras())
+        return result
+
+    def downlink(self, ctx: TrainContext, sampled: list[int]) -> None:
+        """The server sends the sampled clients what they start from (default: the global model)."""
+        ctx.collective.server_broadcast(self.global_row, ranks=sampled, tag="model")
+
+    def train_round(self, ctx: TrainContext, plan: RoundPlan) -> RoundResult:
+        """Local training of `plan.participants`, their uploads and the server's update."""
+        raise NotImplementedError
+
+    # ---- helpers ------------------------------------------------------------------------------------
+    def plan_round(self, ctx: TrainContext, sampled: list[int] | None = None) -> RoundPlan:
+        """Sample this round's clients (or take `sampled`) and apply the fault model."""
+        c = self.config
+        if sampled is None:
+            sampled = sample_clients(ctx.collective.world_size, c.client_fraction, seed=c.seed,
+                                     round_index=ctx.rounds)
+        ctx.ledger.step = ctx.step
+        return self.faults.plan(sampled, round_index=ctx.rounds, steps={r: self.local_steps(r) for r in sampled},
+                                step_seconds=ctx.step_compute_seconds)
+
+    def stall(self, ctx: TrainContext, plan: RoundPlan | None = None) -> RoundResult:
+        """The server waits forever for a client that stopped (no deadline): this round and every later
+        one does not complete; nothing more is sent, computed or timed."""
+        if plan is not None:
+            self.stalled = plan
+        sampled = plan.sampled if plan is not None else []
+        return RoundResult(float("nan"), RoundPlan(ctx.rounds, sampled, [], stalled=True).extras())
+
+    def local_sgd(self, ctx: TrainContext, clients: list[int], start: torch.Tensor, *, direction=None) -> LocalTraining:
+        """Train the `clients` this process holds from `start` (d,) for their local steps; writes their rows.
+
+        direction(g (S, d), y (S, d), mine) -> (S, d) replaces the raw gradient g as the SGD direction.
+        """
+        c = self.config
+        mine = [r for r in clients if r in ctx.cluster.ranks]
+        rows = [ctx.cluster.local_index(r) for r in mine]
+        y = start.expand(len(mine), -1).clone()  # (S_local, d)
+        loss_sum = torch.zeros(len(mine), dtype=torch.float64)
+        grad_sum = torch.zeros_like(y)
+        steps = torch.tensor([self.local_steps(r) for r in mine], dtype=torch.long)  # (S_local,)
+        if mine:
+            buf = torch.zeros_like(y)
+            for t in range(int(steps.max())):
+                active = (steps > t).float().unsqueeze(1)  # clients that still have steps to run
+                xb, yb = ctx.batches.next(mine)
+                losses, g = ctx.cluster.loss_and_grad(y, xb, yb)
+                if c.weight_decay:
+                    g = g + c.weight_decay * y
+                grad_sum += active * g
+                buf = c.momentum * buf + (g if direction is None else direction(g, y, mine))
+                y = y - c.lr * active * buf
+                loss_sum += losses.double() * active.squeeze(1).double()
+            ctx.cluster.set_rows(y, rows)
+        div = steps.clamp(min=1)
+        return LocalTraining(mine, rows, y, loss_sum / div.double(), grad_sum / div.unsqueeze(1).float())
+
+    def mean_loss(self, ctx: TrainContext, out: LocalTraining, clients: list[int]) -> float:
+        """Mean over `clients` (all processes) of their mean local training loss; not recorded."""
+        per_client = torch.zeros(ctx.cluster.num_local, dtype=torch.float64)
+        for r, row, loss in zip(out.clients, out.rows, out.loss):
+            if r in clients:
+                per_client[row] = loss
+        total = ctx.collective.all_reduce(per_client.unsqueeze(1), op="sum", record=False)[0, 0]
+        return float(total) / max(len(clients), 1)
+
+    def finish_round(self, ctx: TrainContext, plan: RoundPlan) -> None:
+        """Advance the step counter by the longest sampled client's steps and the clock by the server's wait."""
+        ctx.step += max(self.local_steps(r) for r in plan.sampled)
+        ctx.compute_seconds += plan.seconds
+
+    def model_row(self, ctx: TrainContext) -> torch.Tensor:
+        return self.global_row
+
+    def state_dict(self) -> dict:
+        return {"global_row": self.global_row}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.global_row = state["global_row"]

@@ -1,0 +1,57 @@
+"""QSR: Local SGD whose sync period grows as the learning rate decays, H ∝ 1/η².
+
+Paper: Gu, Lyu, Arora, Zhang, Huang, "A Quadratic Synchronization Rule for
+Distributed Deep Learning", ICLR 2024 (spec: shared/techniques/sync_and_compression.md §A2;
+the rule is [ABSTRACT + CODE], the defaults below are [UNVERIFIED] for this lab's tasks).
+
+Idea: late in training, when the learning rate is small, workers can run much
+longer between averages; this saves communication and, in the paper, also
+generalises better. After every sync (and at the start), with η the learning
+rate of the next step:
+
+    H = max(H_base, ⌊(α / η)²⌋), capped by the steps left (and at least 1);
+    H = H_base during warm-up or when α = 0 (then QSR is constant-H Local SGD).
+
+The rule is applied only right after an average, never mid-round. Sent per
+round: the parameters, d fp32 values per rank, in one all-reduce, as Local SGD.
+
+Knobs: `sync_period` (H_base), `qsr_alpha` (α; SGD and AdamW need very
+different scales, e.g. ≈0.2 for SGD, 0.0175 for the paper's ViT AdamW),
+`lr_schedule` (QSR only makes sense with a decaying one: 'cosine', or
+'cosine_pow2', which rounds η to a power of two as the authors' scheduler
+does), `warmup_steps`. Metrics: `sync_period` (this round's H) and `lr` (the
+learning rate it was computed from).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lab.sync.local_sgd import LocalSGD
+from lab.technique import RoundResult, TrainContext
+
+
+def qsr_period(lr: float, *, alpha: float, h_base: int, step: int, warmup_steps: int, remaining: int) -> int:
+    """The quadratic synchronization rule: the number of local steps of the next round."""
+    if step < warmup_steps or alpha == 0:
+        h = h_base
+    elif lr <= 0:
+        h = remaining
+    else:
+        h = max(h_base, math.floor((alpha / lr) ** 2))
+    return max(1, min(h, remaining))
+
+
+class QSR(LocalSGD):
+    name = "qsr"
+
+    def round(self, ctx: TrainContext) -> RoundResult:
+        c = self.config
+        lr = ctx.lr_now()  # the learning rate right after the last sync (or at the start)
+        h = qsr_period(lr, alpha=c.qsr_alpha, h_base=c.sync_period, step=ctx.step, warmup_steps=c.warmup_steps,
+                       remaining=c.steps - ctx.step)
+        losses = torch.stack([ctx.local_step() for _ in range(h)])  # (h, n)
+        avg = ctx.collective.all_reduce(ctx.cluster.params.detach(), op="mean", tag="params")
+        ctx.cluster.set_rows(avg)
+        return RoundResult(ctx.collective.mean_metric(losses.mean(0)), {"sync_period": h, "lr": lr})

@@ -1,0 +1,55 @@
+"""Compression config fields are validated, the ratio knob reports measured ratios, and majority vote is biased."""
+import pytest
+import torch
+
+from lab.comm import Ledger, SimulatedCollective
+from lab.compress import Channel, MajorityVote, ScaledSign, make_feedback
+from lab.compress.knob import Probe
+from lab.experiment import ExperimentConfig
+from lab.topology import preset
+
+BAD = [
+    ({"compressor": "majority_vote"}, "error_feedback='ef'", "'none'"),
+    ({"compressor": "powersgd", "technique": "fedavg"}, "compressor='powersgd'", "fedavg"),
+    ({"compressor": "3sfc", "dataset": "chars", "model": "gpt"}, "dataset='chars'", "'digits'"),
+    ({"econtrol_eta": 1.5}, "econtrol_eta=1.5", "[0, 1]"),
+    ({"zo_seeds": 0}, "zo_seeds=0", ">= 1"),
+    ({"zo_eps": 0}, "zo_eps=0.0", "> 0"),
+    ({"dp_delta": 1.0}, "dp_delta=1.0", "(0, 1)"),
+    ({"cellm_up_density": 0}, "cellm_up_density=0.0", "(0, 1]"),
+    ({"peft_mode": "prompt"}, "peft_mode='prompt'", "lora"),
+    ({"zo_seed_sampling": "best"}, "zo_seed_sampling='best'", "importance"),
+]
+
+
+@pytest.mark.parametrize("changes,named,allowed", BAD, ids=[str(b[0]) for b in BAD])
+def test_bad_compression_values_name_field_value_and_what_is_allowed(changes, named, allowed):
+    with pytest.raises(ValueError) as err:
+        ExperimentConfig(**changes)
+    assert named in str(err.value) and allowed in str(err.value)
+
+
+def test_the_knob_maps_the_ratio_and_reports_what_the_packet_measures():
+    probe = Probe(ExperimentConfig())
+    k = probe.knob("topk", 0.01)
+    assert k["parameter"] == "k=24" and 0.0099 < k["measured_ratio"] <= 0.01  # 24 x (4 + 4) bytes of 4 x 4810
+    assert probe.knob("qsgd", 0.01)["measured_ratio"] > 0.01  # 2 bits + a scale per bucket is QSGD's floor
+    assert probe.setting_for("qsgd", 0.01) is None
+    s = probe.setting_for("powersgd", 0.07)
+    assert s is not None and probe.knob("powersgd", s)["measured_ratio"] <= 0.07
+    assert probe.knob("3sfc", 0.05)["parameter"] == "n_s=3"  # 3 x (64 + 10) x 4 + 4 bytes <= 0.05 x 4 x 4810
+
+
+def test_majority_vote_converges_to_the_median_and_scaled_sign_with_ef_to_the_mean():
+    """Spec Appendix A.3: f_i = (x - b_i)²/2, b = (1, 1, -10); lr 0.01, 5000 steps."""
+    b = torch.tensor([[1.0], [1.0], [-10.0]])
+    coll = SimulatedCollective(world_size=3, ledger=Ledger(preset("nvlink_node", 3)))
+    out = {}
+    for comp, fb in ((MajorityVote(), "none"), (ScaledSign(), "ef")):
+        channel = Channel(comp, make_feedback(fb, comp))
+        x = torch.zeros(1)
+        for _ in range(5000):
+            x = x - 0.01 * channel.all_reduce_mean(x - b, coll, tag="g")[0]
+        out[comp.name] = float(x)
+    assert abs(out["majority_vote"] - 1.0) < 0.02  # the median client's optimum
+    assert abs(out["sign"] - (-8 / 3)) < 1e-3  # the true optimum, the mean of b

@@ -1,0 +1,76 @@
+"""DiLoCo: identities with Local SGD and plain AdamW, the outer Nesterov step, and gloo equivalence."""
+import copy
+
+import pytest
+import torch
+from single_thread import one_thread  # noqa: F401  (autouse: one intra-op thread)
+
+from lab.experiment import ExperimentConfig, build_context, run
+from lab.launch import run_distributed
+from lab.sync.diloco import outer_nesterov_
+
+BASE = dict(num_workers=4, steps=40, sync_period=8, optimizer="adamw", lr=3e-3, eval_every=40)
+
+
+def quick(**kw):
+    return run(ExperimentConfig(**{**BASE, **kw}), save=False, progress=False)
+
+
+def test_outer_lr_one_momentum_zero_equals_local_sgd_parameter_averaging():
+    a = quick(technique="diloco", outer_lr=1.0, outer_momentum=0.0)
+    b = quick(technique="local_sgd")
+    assert torch.allclose(a.model, b.model, atol=1e-6, rtol=0)
+    assert torch.allclose(a.worker_params, b.worker_params, atol=1e-6, rtol=0)
+    assert a.ledger.payload_bytes.tolist() == b.ledger.payload_bytes.tolist()
+
+
+def test_one_worker_equals_plain_adamw():
+    cfg = ExperimentConfig(technique="diloco", num_workers=1, steps=30, sync_period=7, optimizer="adamw", lr=3e-3,
+                           weight_decay=0.01, outer_lr=1.0, outer_momentum=0.0, eval_every=30)
+    r = run(cfg, save=False, progress=False)
+    ctx, _ = build_context(cfg)  # the same init and the same batch stream
+    model = copy.deepcopy(ctx.spec.module)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    for _ in range(30):
+        x, y = ctx.batches.next()
+        opt.zero_grad()
+        ctx.spec.loss_fn(model(x[0]), y[0]).backward()
+        opt.step()
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert not torch.allclose(flat, ctx.cluster.params[0].detach(), atol=1e-3)  # it trained
+    assert torch.allclose(r.model, flat, atol=1e-6, rtol=0)
+
+
+def test_outer_step_is_torch_sgd_with_nesterov():
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(10, generator=g)
+    ref = theta.clone().requires_grad_(True)
+    opt = torch.optim.SGD([ref], lr=0.7, momentum=0.9, nesterov=True)
+    buf = torch.zeros(10)
+    for _ in range(5):
+        delta = torch.randn(10, generator=g)
+        ref.grad = delta.clone()
+        opt.step()
+        outer_nesterov_(theta, buf, delta, lr=0.7, momentum=0.9)
+    assert torch.allclose(theta, ref.detach(), atol=1e-6, rtol=0)
+
+
+def test_nesterov_outer_step_changes_the_run_but_not_the_bytes():
+    a = quick(technique="diloco")
+    b = quick(technique="local_sgd")
+    assert not torch.allclose(a.model, b.model, atol=1e-3)
+    assert a.summary()["bytes"] == b.summary()["bytes"]
+    assert a.metrics.loss.iloc[-1] < a.metrics.loss.iloc[0]
+
+
+@pytest.mark.gloo
+def test_diloco_on_four_gloo_processes_equals_the_simulated_run():
+    cfg = ExperimentConfig(technique="diloco", **{**BASE, "steps": 24, "eval_every": 8})
+    sim = run(cfg, save=False, progress=False)
+    for r in run_distributed(cfg):
+        assert r.status == "finished"
+        assert torch.allclose(r.worker_params[0], sim.worker_params[r.rank], atol=1e-6, rtol=0)
+        assert torch.allclose(r.model, sim.model, atol=1e-6, rtol=0)
+        assert r.ledger.equals(sim.ledger)
+        cols = ["step", "round", "bytes", "sim_seconds"]
+        assert r.metrics[cols].equals(sim.metrics[cols])
