@@ -15,6 +15,7 @@ Usage: python bench/diloco_vs_ddp.py [--steps 240] [--workers 4] [--max-factor 4
 from __future__ import annotations
 
 import argparse
+import math
 import threading
 import time
 
@@ -28,7 +29,7 @@ def reach(config: ExperimentConfig, target: float) -> tuple[dict | None, float, 
 
     def on_row(row):
         loss = row.get("eval_loss", float("nan"))
-        if loss == loss:
+        if not math.isnan(loss):
             best[0] = min(best[0], loss)
             if loss <= target:
                 stop.set()

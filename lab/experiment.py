@@ -177,7 +177,7 @@ class ExperimentConfig:
     lora_rank: int = _f(4, "fedpeft, fedex_lora, dp_lora, cellm: LoRA rank r")
     lora_alpha: float = _f(8.0, "LoRA scale alpha (the update is alpha / r * B A) (> 0)")
     dp_clip: float = _f(1.0, "dp_lora: clipping norm C of a client's update (> 0)")
-    dp_noise: float = _f(1.0, "dp_lora: noise multiplier sigma (noise std sigma * C) (> 0)")
+    dp_noise: float = _f(0.3, "dp_lora: noise multiplier sigma (noise std sigma * C) (> 0)")
     dp_delta: float = _f(1e-5, "dp_lora: the delta of the reported (epsilon, delta), in (0, 1)")
     cellm_up_density: float = _f(0.1, "cellm: fraction of the LoRA update each client sends, in (0, 1]")
     cellm_down_density: float = _f(0.25, "cellm: fraction of the global LoRA change sent down, in (0, 1]")

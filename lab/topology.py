@@ -19,10 +19,14 @@ schedule, never a formula. A step lasts
 where the resources are each rank's send and receive side per link class (a
 rank sending to three peers at once shares its NIC), each node's uplink and
 downlink into the fabric (with `oversubscription` > 1 they carry less than
-their ranks' NICs), the fabric as a whole (`fabric_bandwidth`), a torus's directed links (messages are routed X then Y),
-and the clients' uplinks and downlinks of a star (the server is not a
-bottleneck). A pipelined stage (a tree or a chain streaming chunks) pays α once
-per hop of its depth instead. The call's time is the sum over its steps.
+their ranks' NICs), the fabric as a whole (`fabric_bandwidth`), a torus's
+directed links (messages are routed X then Y), and the clients' uplinks and
+downlinks of a star (the server is not a bottleneck). A pipelined stage (a
+tree or a chain streaming chunks) pays α once per hop of its depth instead;
+that a pipelined stage costs its depth in α plus its busiest link's bytes is
+a modelling choice, not a measured rule. The call's time is the sum over its
+steps. The schedules give bytes and time only: the simulated collectives
+still sum in ascending rank order (deterministic, comparable with gloo).
 
 Algorithms (bytes per rank for payload M over P ranks; `ALGORITHMS`):
 
@@ -75,7 +79,6 @@ from types import MappingProxyType
 import numpy as np
 
 LINK_CLASSES = ("intra", "inter", "uplink", "downlink")
-OPS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "all_to_all")
 
 
 @dataclass(frozen=True)
@@ -617,14 +620,6 @@ ALGORITHMS = {
 #: what 'auto' chooses among: the bandwidth-optimal schedules a library defaults to
 AUTO = {"all_reduce": ("ring", "hierarchical", "torus"), "all_gather": ("ring",), "reduce_scatter": ("ring",),
         "broadcast": ("pipelined_chain",), "all_to_all": ("pairwise",)}
-REDUCE_SCATTER_ALGORITHMS = tuple(ALGORITHMS["reduce_scatter"])
-
-
-def register_algorithm(op: str, name: str, builder) -> None:
-    """Add a schedule for `op`: builder(topology, payload, ranks) -> list[Step] | None (None: does not apply)."""
-    if op not in ALGORITHMS:
-        raise ValueError(f"op={op!r} is invalid; allowed: {list(ALGORITHMS)}")
-    ALGORITHMS[op][name] = builder
 
 
 # ---- presets -------------------------------------------------------------------------
@@ -743,9 +738,10 @@ def for_config(config) -> Topology:
 
 
 def clock_decides(config, topology: Topology) -> bool:
-    """Whether sim_seconds is the per-rank clock's makespan (overlap, or ranks of unequal speed) rather than
-    compute + communication (the two agree otherwise, up to float rounding)."""
-    return bool(config.overlap) or topology.rank_speed is not None
+    """Whether sim_seconds is the per-rank clock's makespan (overlap: DDP's buckets, Streaming DiLoCo's
+    `overlap_steps`; or ranks of unequal speed) rather than compute + communication (the two agree otherwise,
+    up to float rounding)."""
+    return bool(config.overlap) or topology.rank_speed is not None or getattr(config, "overlap_steps", 0) > 0
 
 
 def check_config(c, bad) -> None:

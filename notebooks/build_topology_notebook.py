@@ -205,7 +205,9 @@ joined through a bridge by veth pairs, shapes every link with `tc tbf` at
 100 Mbit/s or 1 Gbit/s, times all_reduce, all_gather, reduce_scatter,
 all_to_all and broadcast from 64 KB to 64 MB on 2, 4 and 8 ranks, and predicts
 each with this cost model (the link's bandwidth from the tbf rate, α from a
-ping-pong, the algorithm gloo runs). Below: its committed results file.
+ping-pong, the switch's total capacity from every rank streaming at once, the
+schedule gloo runs). Below: its committed results file; the dashed diagonal
+is a perfect prediction.
 """),
     code("""
 netlab = json.loads(Path(netlab_path).read_text())
@@ -243,9 +245,12 @@ many ranks, hierarchical schedules for large ones across slow links. Among
 gossip graphs, the exponential graphs reach consensus orders of magnitude
 faster than a ring for a few more (or the same) bytes. Overlap hides
 communication only when buckets are bandwidth-bound: on latency-bound small
-models, more buckets means more α. And the α-β model with the right algorithm
-lands close to real gloo processes on 100 Mbit/s links; at 1 Gbit/s on this
-2-core machine the host, not the link, is often the limit (see the table).
+models, more buckets means more α. And the α-β model, given the schedule gloo
+really runs and link parameters measured by micro-benchmarks, lands within
+about 10% (median) of real gloo processes on shaped links; the outliers are
+gloo's own quirks (its all-gather moves large messages slower than its
+all-reduce) and, at 1 Gbit/s on a 2-core machine, the host's bridge, which
+the benchmark measures and models as the switch's capacity.
 """),
 ]
 

@@ -49,6 +49,29 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_intra_op_thread():
+    """Every test (and every kernel or process it starts) uses one intra-op thread.
+
+    The lab's models are tiny: a second thread buys nothing, and on a 2-core
+    machine OpenMP threads spin against each other (a 120-step digits run took
+    20x the CPU time with 2 threads under load). Restored after the session.
+    """
+    import torch
+
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = env
+
+
 # ---------------------------------------------------------------------------
 # Browser
 # ---------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 import importlib.util
 from pathlib import Path
 
-from single_thread import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "diloco_vs_ddp.py"
 

@@ -25,13 +25,6 @@ from lab.compress.fedzip import FedZip
 from lab.compress.packing import pack_uint, unpack_uint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one intra-op thread is faster, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 D = 1000

@@ -12,12 +12,6 @@ from lab.launch import run_distributed
 D = 4810  # the digits MLP
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_ddp_topk_at_ratio_001_with_ef_is_within_3_points_of_uncompressed():

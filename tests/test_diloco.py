@@ -3,7 +3,6 @@ import copy
 
 import pytest
 import torch
-from single_thread import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 from lab.experiment import ExperimentConfig, build_context, run
 from lab.launch import run_distributed

@@ -1,6 +1,5 @@
 """DIMAT: activation matching recovers a permutation, beats plain averaging of independently trained agents."""
 import torch
-from single_thread import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 from lab.experiment import ExperimentConfig, build_context, run
 from lab.sync.dimat import hidden, match_units, merge, permute

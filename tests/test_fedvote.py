@@ -2,7 +2,6 @@
 import math
 
 import torch
-from single_thread import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 from lab.experiment import ExperimentConfig, build_context, run
 from lab.sync.fedvote import CLIP, FedVote

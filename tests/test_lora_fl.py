@@ -11,12 +11,6 @@ from lab.lora.fedex_lora import fedex_aggregate
 from lab.lora.peft import PeftMap
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 BASE = ExperimentConfig(num_workers=4, rounds=6, local_steps=10, lr=0.2, eval_every=10_000)  # LoRA: lr 0.5 diverges

@@ -1,6 +1,5 @@
 """MoDeST: FedAvg as a special case, bytes on peer links, and training that survives 80% of nodes stopping."""
 import torch
-from single_thread import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 from lab.experiment import ExperimentConfig, run
 from lab.sync.modest import order

@@ -68,7 +68,9 @@ def test_tour(execute, tmp_path):
 
 def test_sync_period(execute):
     topologies = ["nvlink_node", "wan_sites"]
-    m = execute("01_sync_period", steps=64, sync_periods=[1, 4, 16, 64], topologies=topologies)
+    # part 2 (the character LM) is kept tiny here; tests/test_notebooks_sync_family.py asserts on it
+    m = execute("01_sync_period", steps=64, sync_periods=[1, 4, 16, 64], topologies=topologies, lm_steps=12,
+                lm_sync_period=6)
     ratio = m["bytes_ratio_ddp_over"]
     for h in (1, 4, 16, 64):
         assert ratio[f"Local SGD H={h}"] == pytest.approx(h)  # Local SGD sends 1/H of DDP's bytes

@@ -2,7 +2,6 @@
 import math
 
 import pytest
-from single_thread import one_thread  # noqa: F401  (autouse: one intra-op thread)
 from test_notebooks import execute  # noqa: F401  (the papermill fixture)
 
 pytestmark = pytest.mark.notebook

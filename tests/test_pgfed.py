@@ -1,6 +1,5 @@
 """PGFed: mu = 0 reduces to FedAvg with local fine-tuning; the auxiliary terms, bytes and personal accuracy."""
 import torch
-from single_thread import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 from lab.experiment import ExperimentConfig, build_context, run
 from lab.sync.pgfed import PGFed

@@ -1,6 +1,5 @@
 """The planner: its step schedule is what the ZeRO technique sends, and for a 7B model on 4 nodes × 8 ranks
 with 80 GB per rank its top choice fits."""
-import numpy as np
 import pytest
 
 from lab import topology as topo

@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-from single_thread import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 from lab.experiment import ExperimentConfig, run
 from lab.schedule import lr_at

@@ -2,7 +2,6 @@
 import pytest
 import torch
 from quadratics import distance_after, problem
-from single_thread import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 from lab.experiment import ExperimentConfig, run
 

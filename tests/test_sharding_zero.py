@@ -68,7 +68,8 @@ def test_hybrid_bytes_split_between_shard_and_replica_groups():
     repl = led[led.tag == "grads_replicas"]
     assert shard.bytes_inter.sum() == 0 and shard.bytes_intra.sum() > 0
     assert repl.bytes_intra.sum() == 0
-    c = 4810 // 2  # (d = 4810 needs no padding for S = 2) the slice each rank all-reduces with its 3 replicas: 2(R-1)/R · 4c bytes per rank
+    c = 4810 // 2  # d = 4810 needs no padding for S = 2; each rank all-reduces its slice with 3 replicas:
+    # 2(R-1)/R · 4c bytes per rank
     assert (repl.bytes_inter == 8 * int(2 * 3 / 4 * 4 * c)).all()
 
 

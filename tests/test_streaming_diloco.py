@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from single_thread import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 from lab.experiment import ExperimentConfig, run
 from lab.launch import run_distributed
@@ -77,12 +76,15 @@ def test_streaming_ends_within_five_percent_of_diloco_loss_on_the_character_lm(l
 def test_overlap_hides_communication_behind_tau_steps_of_compute(lm_runs):
     r = lm_runs["stream4"]
     m = r.metrics
-    assert (m.sim_seconds == m.compute_seconds + m.comm_seconds - m.comm_hidden_seconds).all()
+    # the clock's makespan: compute + communication - what ran behind compute (equal rank speeds; float rounding)
+    expected = m.compute_seconds + m.comm_seconds - m.comm_hidden_seconds
+    assert ((m.sim_seconds - expected).abs() <= 1e-9 * expected).all()
+    assert m.sim_seconds.iloc[-1] < m.compute_seconds.iloc[-1] + m.comm_seconds.iloc[-1]
     step_s = m.compute_seconds.iloc[0] / m.step.iloc[0]
     per_sync = r.ledger.seconds
     last = r.ledger.step.max()
     hidden = sum(min(s, 2 * step_s) for s, t in zip(per_sync, r.ledger.step) if t < last)
-    hidden += min(per_sync.iloc[-1], 0.0)  # the last sync ends training: nothing left to overlap with
+    # the last sync ends training: nothing is left to overlap with, so it is not counted
     assert m.comm_hidden_seconds.iloc[-1] == pytest.approx(hidden, rel=1e-9)
     assert m.comm_hidden_seconds.iloc[-1] > 0
     assert (lm_runs["stream"].metrics.comm_hidden_seconds > 0).any()

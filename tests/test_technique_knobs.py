@@ -1,6 +1,5 @@
 """The technique-specific knobs appear with their technique, and the sync-period knob drives every technique."""
 import pytest
-from single_thread import one_thread  # noqa: F401  (autouse: one intra-op thread)
 
 import widgets
 from lab.experiment import TECHNIQUES, ExperimentConfig

@@ -1,7 +1,6 @@
 """Shared-seed zeroth-order methods: what they send is seeds and scalars, counted exactly, and they learn."""
 import math
 
-import pytest
 import torch
 
 from lab.experiment import ExperimentConfig, build_context, run
@@ -12,13 +11,6 @@ from lab.zeroth_order.fzoos import RandomFeatures, Surrogate
 from lab.zeroth_order.justonebyte import decode_byte, encode_byte
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one intra-op thread is faster, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def initial_eval_loss(cfg):

@@ -30,6 +30,8 @@ TECHNIQUE_FIELDS = {
     "dimat": ("dimat_graph", "dimat_matching"),
     "fedvote": ("fedvote_k", "fedvote_levels"),
     "pgfed": ("pgfed_mu", "pgfed_lambda", "pgfed_beta"),
+    # sharding family (lab/sharding); the sharding degree is a common knob of the panel
+    "zero": ("zero_stage", "zeropp", "hpz_size", "reduce_levels", "dies_per_gpu", "quant_block"),
     # compression family (lab/compress, lab/zeroth_order, lab/lora)
     "ddp": ("error_feedback", "econtrol_eta"),
     "local_sgd": ("error_feedback", "econtrol_eta"),

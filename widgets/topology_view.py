@@ -62,7 +62,7 @@ def wiring(t: topo.Topology) -> pd.DataFrame:
         for r in range(t.num_ranks):
             out.append((pos.x[r], pos.y[r], 0.0, 0.0, "uplink/downlink"))
     elif t.shape == "torus":
-        x_size, y_size = t.ranks_per_node, t.num_nodes
+        x_size = t.ranks_per_node
         for r in range(t.num_ranks):
             for q, cls in (((r // x_size) * x_size + (r % x_size + 1) % x_size, "intra"), ((r + x_size) % t.num_ranks,
                                                                                            "inter")):

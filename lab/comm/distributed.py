@@ -22,10 +22,6 @@ from lab.comm.ledger import Ledger
 from lab.comm.packet import Packet
 
 
-# all_gather into one flat output buffer (named all_gather_into_tensor before torch 2.10)
-_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-
-
 def init_from_env(backend: str | None = None) -> tuple[int, int]:
     """Join the process group torchrun describes in the environment; returns (rank, world_size)."""
     if not dist.is_initialized():
@@ -105,11 +101,11 @@ class DistributedCollective(Collective):
         return self._gather_into(self._row(x), groups).unsqueeze(0)
 
     def _gather_into(self, row, groups):
-        """(…) -> (G, …): one output buffer filled by all_gather_into_tensor (no per-rank copies)."""
-        p = self._size(groups)
-        out = torch.empty(p * row.numel(), dtype=row.dtype)
-        _all_gather_single(out, row.contiguous().view(-1), group=self._pg(groups))
-        return out.view(p, *row.shape)
+        """(…) -> (G, …): all_gather into views of one output buffer (gloo's all_gather_into_tensor would
+        stage the output in a second buffer of the same size)."""
+        out = torch.empty(self._size(groups), *row.shape, dtype=row.dtype)
+        dist.all_gather(list(out.unbind(0)), row.contiguous(), group=self._pg(groups))
+        return out
 
     def broadcast(self, x, *, src=0, tag=""):
         self._record("broadcast", x, tag=tag, record=True)

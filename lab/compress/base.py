@@ -52,7 +52,8 @@ class Compressor(ABC):
     knob: str = ""
 
     seed: int = 0
-    calls: int = 0
+    calls: int = 0  # compress calls so far (part of every per-row seed)
+    last_nbytes: int = 0  # bytes one rank sent in the last `reduce` / `server_reduce`
 
     # ---- the codec -------------------------------------------------------------------------------
     @abstractmethod

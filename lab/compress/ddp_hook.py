@@ -72,10 +72,13 @@ def ddp_comm_hook(compressor: Compressor, *, error_feedback: str = "ef", eta: fl
                   topology: topo.Topology | None = None):
     """(state, hook) for `DistributedDataParallel.register_comm_hook(state, hook)`.
 
-    compressor: any commlab compressor (unbound PowerSGD/FedZip are bound per bucket);
+    compressor: a commlab compressor (unbound PowerSGD/FedZip are bound per bucket; not 3SFC);
     error_feedback: 'none' | 'ef' | 'ef21' | 'econtrol' (η = `eta`); topology: what the Ledger
     prices messages on (default: one NVLink node of the group's size, or 4×8 multinode above 8 ranks).
     """
+    if hasattr(compressor, "set_reference"):
+        raise ValueError(f"compressor={compressor.name!r} decodes through the model both ends hold; a comm hook "
+                         "sees only gradient buckets: use another compressor")
     if error_feedback not in FEEDBACK:
         raise ValueError(f"error_feedback={error_feedback!r} is unknown; allowed: {sorted(FEEDBACK)}")
     if not dist.is_initialized():

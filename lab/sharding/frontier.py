@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lab.sharding.planner import Call, _quant_bytes
+from lab.sharding.planner import Call, quant_bytes
 from lab.sharding.layout import contiguous_groups, level_groups
 from lab.topology import Link
 
@@ -49,7 +49,6 @@ class ThreeLevel:
     die: Link = Link(2e-6, 200e9)
     gpu: Link = Link(3e-6, 75e9)
     node: Link = Link(10e-6, 12.5e9)
-    device_flops: float = 77e12  # one MI250X die: 191.5 TFLOP/s bf16 peak, ~40% sustained
 
     def __post_init__(self):
         g1, g2, p = self.dies_per_gpu, self.ranks_per_node, self.num_ranks
@@ -111,7 +110,7 @@ def scheme_calls(scheme: str, num_params: int, net: ThreeLevel, *, secondary_lev
         raise ValueError(f"scheme={scheme!r} is invalid: expected 'zero3', 'zeropp' or 'frontier'")
     if secondary_level not in (1, 2):
         raise ValueError(f"secondary_level={secondary_level!r} is invalid: expected 1 (dies) or 2 (node)")
-    p, (g1, g_gpu, n) = net.num_ranks, net.sizes
+    p, (g1, _, n) = net.num_ranks, net.sizes
     unit = -(-num_params // units)
     unit = -(-unit // p) * p
     c = unit // p
@@ -127,7 +126,7 @@ def scheme_calls(scheme: str, num_params: int, net: ThreeLevel, *, secondary_lev
         if g == 1:
             continue
         chunk = width // g
-        payload = g * _quant_bytes(chunk, 4, quant_block) if qgz else grad_bytes * width
+        payload = g * quant_bytes(chunk, 4, quant_block) if qgz else grad_bytes * width
         calls.append(Call("all_to_all", payload, groups, "grads", units))
         width = chunk
     return calls

@@ -268,7 +268,8 @@ def lab_peak(num_params: int, stage: int, sharding_degree: int, *, optimizer: st
     Every term is a tensor the code holds: the parameters (stage 3: its slice, plus the gathered buffer),
     the optimizer's slice (stages 1–2) and moments, stage 1's full gradient buffer; during the backward the
     per-parameter gradients and their flat concatenation (`Cluster.loss_and_grad`: 2·4Ψ); DDP's all-reduce
-    works on a copy of the gradient; the reduce-scatter output; the optimizer's temporaries
+    works on a copy of the gradient; the reduce-scatter output, beside the chunks gloo copies to send
+    ((S−1)/S of the input: torch 2.13's ProcessGroupGloo, measured); the optimizer's temporaries
     (`optimizer_temporaries`); the all-gathered vector before it is copied into the parameters.
     Activations of the lab's small batches are left out.
     """
@@ -289,8 +290,9 @@ def lab_peak(num_params: int, stage: int, sharding_degree: int, *, optimizer: st
     if stage == 1:
         persist += b * pad  # the full gradient buffer
     full_grad = 0.0 if stage == 1 else b * pad  # stage 1 reduces from its persistent buffer
+    send_copies = b * pad * (sharding_degree - 1) / sharding_degree
     phases = {"backward": persist + 2 * b * psi,
-              "reduce_scatter": persist + full_grad + b * sl,
+              "reduce_scatter": persist + full_grad + b * sl + send_copies,
               "optimizer_step": persist + b * sl + temps * sl}
     phases["all_gather"] = persist + b * pad
     return phases

@@ -55,7 +55,7 @@ class Call:
     overlap: bool = True
 
 
-def _quant_bytes(n: int, bits: int, block: int) -> int:
+def quant_bytes(n: int, bits: int, block: int) -> int:
     """Bytes of n values quantized to `bits` with one fp32 scale per `block` values."""
     return math.ceil(n * bits / 8) + 4 * math.ceil(n / block)
 
@@ -75,7 +75,7 @@ def step_collectives(num_params: int, world_size: int, *, stage: int, sharding_d
     if stage == 0:
         return [Call("all_reduce", grad_bytes * unit, None, "grads", units)]
     if stage == 3 and s > 1:
-        fwd = _quant_bytes(c, 8, quant_block) if qwz else param_bytes * c
+        fwd = quant_bytes(c, 8, quant_block) if qwz else param_bytes * c
         calls.append(Call("all_gather", fwd, shard, "params_fwd", units))
         if lay.hpz_size:
             calls.append(Call("all_gather", param_bytes * unit // lay.hpz_size, lay.hpz_groups(), "params_bwd", units))
@@ -84,10 +84,11 @@ def step_collectives(num_params: int, world_size: int, *, stage: int, sharding_d
     if qgz:
         d, nodes = ranks_per_node, p // ranks_per_node
         m = unit // p  # one partition
-        for g, groups, width in ((d, level_groups(p, (d, nodes))[0], m * nodes), (nodes, level_groups(p, (d, nodes))[1], m)):
+        levels = level_groups(p, (d, nodes))
+        for g, groups, width in ((d, levels[0], m * nodes), (nodes, levels[1], m)):
             if g > 1:
-                calls.append(Call("all_to_all", g * _quant_bytes(width, 4, quant_block), groups if len(groups) > 1
-                                  else None, "grads", units))
+                calls.append(Call("all_to_all", g * quant_bytes(width, 4, quant_block),
+                                  groups if len(groups) > 1 else None, "grads", units))
     elif s > 1:
         calls.append(Call("reduce_scatter", grad_bytes * unit, shard, "grads", units))
     if lay.replication_degree > 1:

@@ -203,6 +203,7 @@ class ZeRO(Technique):
         if self.config.grad_clip:
             self._clip(ctx, shard_grad)
         self.master.grad = shard_grad
+        del shard_grad  # the optimizer's .grad is the only reference: zero_grad frees it
         self.optimizer.step()
         self.memory = self.memory_snapshot(ctx)  # everything is alive here: the step's peak
         self.optimizer.zero_grad(set_to_none=True)

@@ -14,7 +14,9 @@ every technique run on the same config see the same faults:
   A server cannot tell a dead client from a slow one.
 - **sign-flipping (Byzantine) clients** (`byzantine_clients`, `byzantine_scale`):
   they upload the negation of their honest update, x − scale·(y − x), or of
-  their vote (FedVote).
+  their vote (FedVote). Applied where the upload is a model or a vote: FedAvg,
+  FedProx, PGFed, FedVote (not the control-variate uploads of the SCAFFOLD
+  family, nor MoDeST's peer transfers).
 
 The server's **deadline** (`round_deadline`, in multiples of the round's
 nominal compute time, i.e. the slowest sampled client without faults): clients

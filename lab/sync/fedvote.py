@@ -68,7 +68,7 @@ class FedVote(Federated):
         ctx.collective.server_broadcast(self.latent[self.mask], ranks=sampled, tag="latent")
 
     def train_round(self, ctx: TrainContext, plan: RoundPlan) -> RoundResult:
-        c, p, n = self.config, plan.participants, ctx.collective.world_size
+        c, p = self.config, plan.participants
         mine = [r for r in p if r in ctx.cluster.ranks]
         rows = [ctx.cluster.local_index(r) for r in mine]
         votes = torch.zeros(ctx.cluster.num_local, int(self.mask.sum()))  # (n, d_w) ±1 / 0, this process's rows

@@ -1,9 +1,9 @@
 """MoDeST: federated learning without a server — sampled trainers, aggregators from the next sample.
 
-Paper: de Vos et al. 2023, "Epidemic Learning"-family "MoDeST: Mostly-Consistent
-Decentralized Sampling Training" (later published as Plexus); spec §A8, round
-and defaults [CODE] from devos50/decentralized-learning; s and a for the lab
-[UNVERIFIED].
+Paper: de Vos et al. 2023, "MoDeST: Bridging the Gap between Federated and
+Decentralized Learning with Decentralized Sampling", arXiv 2302.13837 (later
+published as Plexus); spec §A8, round and defaults [CODE] from
+devos50/decentralized-learning; s and a for the lab [UNVERIFIED].
 
 Idea: every node can compute the same pseudo-random order of the peers for
 round r — sort its view of active peers by md5(peer || "-" || r) — so a sample
@@ -36,12 +36,13 @@ from __future__ import annotations
 import hashlib
 import math
 
+import numpy as np
 import torch
 
 from lab.sync.faults import RoundPlan
 from lab.sync.federated import Federated
 from lab.technique import RoundResult, TrainContext
-from lab.topology import Cost
+from lab.topology import LINK_CLASSES, Cost
 
 PING_BYTES = 8  # a round number
 PING_TIMEOUT_S = 5.0  # the code's ping timeout
@@ -75,12 +76,14 @@ class MoDeST(Federated):
         if pairs:
             ctx.collective.record_peers(pairs, PING_BYTES, op="ping", tag="ping")
         if dead:  # a parallel ping round waits for the timeout once; the dead leave everyone's view
-            zeros = ctx.ledger.topology._zeros()
-            ctx.ledger.record("ping_timeout", 0, tag="ping", cost=Cost(PING_TIMEOUT_S, "timeout", zeros, 0))
+            none = {cls: np.zeros(ctx.collective.world_size, dtype=np.int64) for cls in LINK_CLASSES}
+            ctx.ledger.record("ping_timeout", 0, tag="ping", cost=Cost(PING_TIMEOUT_S, "timeout", none, 0))
             self.view -= set(dead)
         return found
 
     def round(self, ctx: TrainContext) -> RoundResult:
+        if self.stalled is not None:  # still waiting for a trainer that will never deliver
+            return self.stall(ctx)
         c, r, n = self.config, ctx.rounds, ctx.collective.world_size
         ctx.ledger.step = ctx.step
         trainers = self.trainers
@@ -92,7 +95,7 @@ class MoDeST(Federated):
         aggregators = self._ping(ctx, delivering, c.modest_aggregators, r + 1, alive_at=r)
         need = math.ceil(c.success_fraction * len(trainers))
         in_time = [t for t in delivering if finish[t] <= deadline_s]
-        if len(in_time) >= need and need > 0:
+        if len(in_time) >= need > 0:
             wait = finish[in_time[need - 1]]
             used = sorted(t for t in in_time if finish[t] <= wait)
         elif deadline_s < math.inf:
@@ -135,3 +138,10 @@ class MoDeST(Federated):
         ctx.compute_seconds += plan.seconds
         loss = self.mean_loss(ctx, out, used) if used else float("nan")
         return RoundResult(loss, {**plan.extras(), "aggregators": ",".join(map(str, aggregators))})
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "view": sorted(self.view), "trainers": list(self.trainers)}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.view, self.trainers = set(state["view"]), list(state["trainers"])

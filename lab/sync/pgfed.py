@@ -131,3 +131,8 @@ class PGFed(Federated):
     def state_dict(self) -> dict:
         return {**super().state_dict(), "alpha": self.alpha, "grads": self.grads, "loss_minus": self.loss_minus,
                 "last": self.last, "prev_g": self.prev_g, "trained": self.trained}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.alpha, self.grads, self.loss_minus = state["alpha"], state["grads"], state["loss_minus"]
+        self.last, self.prev_g, self.trained = list(state["last"]), state["prev_g"], state["trained"]

@@ -29,13 +29,16 @@ P = 1, τ = 0, α = 0 and 32 bits is DiLoCo. Constraints: P ≤ H and τ < H/P, 
 at most one fragment is in flight. After the last step any fragment still in
 flight is applied at once.
 
-Simulated clock: a fragment's all-reduce is recorded at its send step; the
-part of its time covered by the τ inner steps of compute that run while it is
-in flight, min(comm time, τ · step time), is added to
-`TrainContext.comm_hidden_seconds`, which `sim_seconds` subtracts (a timeline
-with overlap, when lab has one, can take this over). Metrics: `fragment` (sent
-at the end of the round), `comm_hidden_seconds` (cumulative), `measured_ratio`
-(last message's bytes over dense fp32 bytes).
+Simulated clock: with τ > 0 a fragment's sync goes on the per-rank timeline
+of `lab.clock` as an overlapping event — it starts when the ranks reach the
+send step and does not block compute; the τ inner steps that follow run
+meanwhile, and the apply step waits for it — so `sim_seconds` (the clock's
+makespan) counts only the part not hidden behind compute. The metrics column
+`comm_hidden_seconds` is that hidden part, Σ min(sync time, compute while in
+flight). (Without a clock — a context built by hand — the same amount goes to
+`TrainContext.comm_hidden_seconds`, which `sim_seconds` subtracts.) Other
+metrics: `fragment` (sent at the end of the round), `measured_ratio` (the last
+message's bytes over its dense fp32 bytes).
 
 Sent: per H steps every worker sends each fragment once — the same total as
 DiLoCo at 32 bits, 1/P of it in any single sync. Knobs: `sync_period` (H),
@@ -70,23 +73,37 @@ class StreamingDiLoCo(DiLoCo):
         self.compressor = make_compressor(BITS[c.outer_bits], seed=c.seed) if c.outer_bits != 32 else None
         self.in_flight: dict[int, tuple[torch.Tensor, int, float]] = {}  # p -> (mean Δ (d_p,), sent at, seconds)
         self.measured_ratio = 1.0
+        self.hidden_seconds = 0.0  # communication hidden behind compute so far
 
     def due(self, t: int, lag: int = 0) -> list[int]:
         """Fragments whose send (lag 0) or apply (lag τ) time is after inner step t."""
         h = self.config.sync_period
         return [p for p, off in enumerate(self.offsets) if t >= off + lag and (t - off - lag) % h == 0]
 
+    def overlaps(self, ctx: TrainContext) -> bool:
+        """Whether syncs go on the clock's timeline as overlapping events."""
+        return bool(self.config.overlap_steps) and ctx.clock is not None
+
     def send(self, ctx: TrainContext, p: int) -> None:
         sl = self.slices[p]
         delta = self.global_row[sl] - ctx.cluster.params.detach()[:, sl]  # (n, d_p) pseudo-gradient at send time
         before = ctx.ledger.seconds
-        if self.compressor is None:
-            mean = ctx.collective.all_reduce(delta, op="mean", tag=f"fragment{p}")[0]
-            self.measured_ratio = 1.0
+        if self.overlaps(ctx):
+            ctx.clock.sync()  # the compute up to the send step is on the timeline
+            with ctx.clock.overlapping(ctx.clock.compute_free.copy()):
+                mean = self.reduce(ctx, p, delta)
         else:
-            _, mean = self.compressor.reduce(delta, ctx.collective, tag=f"fragment{p}")
-            self.measured_ratio = self.compressor.last_nbytes / (4 * delta.shape[1])
+            mean = self.reduce(ctx, p, delta)
         self.in_flight[p] = (mean.float(), ctx.step, ctx.ledger.seconds - before)
+
+    def reduce(self, ctx: TrainContext, p: int, delta: torch.Tensor) -> torch.Tensor:
+        """The mean pseudo-gradient of fragment p over all workers (d_p,), in full or low precision."""
+        if self.compressor is None:
+            self.measured_ratio = 1.0
+            return ctx.collective.all_reduce(delta, op="mean", tag=f"fragment{p}")[0]
+        _, mean = self.compressor.reduce(delta, ctx.collective, tag=f"fragment{p}")
+        self.measured_ratio = self.compressor.last_nbytes / (4 * delta.shape[1])
+        return mean
 
     def apply(self, ctx: TrainContext, p: int) -> None:
         c, sl = self.config, self.slices[p]
@@ -95,8 +112,13 @@ class StreamingDiLoCo(DiLoCo):
         with torch.no_grad():
             local = ctx.cluster.params[:, sl]
             ctx.cluster.params[:, sl] = c.merge_alpha * local + (1 - c.merge_alpha) * self.global_row[sl]
-        overlap = (ctx.step - sent_at) * ctx.step_compute_seconds  # compute that ran while it was in flight
-        ctx.comm_hidden_seconds += min(seconds, overlap)
+        hidden = min(seconds, (ctx.step - sent_at) * ctx.step_compute_seconds)  # compute ran while in flight
+        self.hidden_seconds += hidden
+        if self.overlaps(ctx):
+            ctx.clock.sync()
+            ctx.clock.wait()  # the merge needs the result
+        else:
+            ctx.comm_hidden_seconds += hidden
 
     def round(self, ctx: TrainContext) -> RoundResult:
         c = self.config
@@ -116,5 +138,12 @@ class StreamingDiLoCo(DiLoCo):
             for p in sorted(self.in_flight):
                 self.apply(ctx, p)
         return RoundResult(ctx.collective.mean_metric(torch.stack(losses).mean(0)),
-                           {"fragment": sent[0] if sent else -1, "comm_hidden_seconds": ctx.comm_hidden_seconds,
+                           {"fragment": sent[0] if sent else -1, "comm_hidden_seconds": self.hidden_seconds,
                             "measured_ratio": self.measured_ratio})
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "in_flight": dict(self.in_flight), "hidden_seconds": self.hidden_seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.in_flight, self.hidden_seconds = dict(state["in_flight"]), state["hidden_seconds"]
