@@ -58,3 +58,34 @@ def run_distributed(config, *, world_size: int | None = None, threads: int = 1) 
     with tempfile.TemporaryDirectory() as out:
         mp.spawn(_worker, args=(world_size, free_port(), cfg, out, threads), nprocs=world_size, join=True)
         return [torch.load(os.path.join(out, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]
+
+
+@dataclass
+class Equivalence:
+    """How a distributed run compares with the simulated run of the same config."""
+
+    max_param_diff: float  # largest |worker row difference| over all ranks
+    max_model_diff: float  # largest |evaluated model difference| over all ranks
+    ledgers_equal: bool  # every rank's Ledger table equals the simulated one
+    metrics_equal: bool  # rank 0's `columns` equal the simulated run's, exactly
+    statuses: list[str]
+
+    def holds(self, atol: float = 1e-6) -> bool:
+        return (all(s == "finished" for s in self.statuses) and self.max_param_diff <= atol
+                and self.max_model_diff <= atol and self.ledgers_equal and self.metrics_equal)
+
+
+def compare_with_simulated(config, *, world_size: int | None = None,
+                           columns=("step", "round", "bytes", "sim_seconds")) -> Equivalence:
+    """Run `config` simulated and on gloo processes, and report how far apart they end."""
+    from lab.experiment import run
+
+    sim = run(config, save=False, progress=False)
+    ranks = run_distributed(config, world_size=world_size)
+    cols = [c for c in columns if c in sim.metrics.columns]
+    return Equivalence(
+        max_param_diff=max(float((r.worker_params[0] - sim.worker_params[r.rank]).abs().max()) for r in ranks),
+        max_model_diff=max(float((r.model - sim.model).abs().max()) for r in ranks),
+        ledgers_equal=all(r.ledger.equals(sim.ledger) for r in ranks),
+        metrics_equal=ranks[0].metrics[cols].equals(sim.metrics[cols]),
+        statuses=[r.status for r in ranks])

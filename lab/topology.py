@@ -767,7 +767,7 @@ def check_config(c, bad) -> None:
             bad("graph_degree", c.graph_degree, str(e).split(": ", 1)[-1])
 
 
-def algorithm_table(t: Topology, op: str, sizes, algorithms=None) -> "pd.DataFrame":
+def algorithm_table(t: Topology, op: str, sizes, algorithms=None):
     """Seconds, steps and bytes per rank of `op` under each applicable algorithm, for each payload size."""
     import pandas as pd
 

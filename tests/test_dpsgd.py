@@ -48,11 +48,8 @@ def test_graph_degree_is_validated_for_random_regular_graphs():
 
 @pytest.mark.gloo
 def test_dpsgd_on_gloo_processes_equals_the_simulated_run():
-    from lab.launch import run_distributed
+    from lab.launch import compare_with_simulated
 
     cfg = ExperimentConfig(technique="dpsgd", graph="one_peer_exponential", num_workers=4, steps=8, eval_every=4)
-    sim = run(cfg, save=False, progress=False)
-    for r in run_distributed(cfg):
-        assert r.status == "finished"
-        assert torch.allclose(r.worker_params[0], sim.worker_params[r.rank], atol=1e-6, rtol=0)
-        assert r.ledger.equals(sim.ledger)
+    eq = compare_with_simulated(cfg)
+    assert eq.max_param_diff <= 1e-6 and eq.ledgers_equal and eq.metrics_equal, eq
