@@ -5,7 +5,9 @@
 #                   pinned versions in constraints.txt, install the kernelspec
 #   make browser    install Debian's chromium for the browser tests (if missing)
 #   make lab        start JupyterLab on 127.0.0.1:$(PORT) at notebooks/00_tour.ipynb
-#   make test       install + browser, then pytest (extra args: PYTEST_ARGS=...)
+#   make test       install + browser, then the whole pytest suite (extra args: PYTEST_ARGS=...)
+#   make test-fast  install, then pytest without the tests marked slow (gloo, notebook, browser, ...)
+#   make lint       ruff on lab widgets tests bench (config: [tool.ruff] in pyproject.toml)
 #   make bench      install, then run every bench/*.py
 #   make clean      remove caches, build metadata and notebook outputs
 #   make distclean  clean, and also remove .venv and runs/
@@ -24,7 +26,7 @@ KERNEL   := commlab
 TOUR     := notebooks/00_tour.ipynb
 
 .DEFAULT_GOAL := install
-.PHONY: install venv browser lab test bench clean distclean
+.PHONY: install venv browser lab test test-fast lint bench clean distclean
 
 install venv: $(STAMP)
 
@@ -77,6 +79,13 @@ lab: $(STAMP)
 
 test: $(STAMP) browser
 	$(VPY) -m pytest -q -ra $(PYTEST_ARGS)
+
+# Every test not marked slow (tests/conftest.py marks gloo, notebook and browser tests slow).
+test-fast: $(STAMP)
+	$(VPY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lab widgets tests bench
 
 # Every bench/*.py (helpers named _*.py are skipped); fails if any fails.
 bench: $(STAMP)

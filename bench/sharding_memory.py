@@ -73,7 +73,7 @@ def _context(config, width, depth, data, shards, collective):
     from lab.cluster import Cluster
     from lab.comm import Ledger
     from lab.data import RankBatches
-    from lab.experiment import make_optimizer
+    from lab.optim import make_optimizer
     from lab.models import ModelSpec
     from lab.technique import TrainContext
     from lab.topology import preset
@@ -96,7 +96,8 @@ def _worker(rank, port, technique, stage, steps, width, depth, out_dir):
     from lab.comm.distributed import DistributedCollective
     from lab.comm import Ledger
     from lab.data import load_dataset, partition
-    from lab.experiment import TECHNIQUES, ExperimentConfig
+    from lab.experiment import ExperimentConfig
+    from lab.registry import technique as technique_class
     from lab.topology import preset
 
     torch.set_num_threads(1)
@@ -110,7 +111,7 @@ def _worker(rank, port, technique, stage, steps, width, depth, out_dir):
         coll = DistributedCollective(ledger=Ledger(preset(config.topology, WORLD)))
         # warm-up through the same code path on a small model: pools and caches join the baseline
         ctx = _context(config, 64, depth, data, shards, coll)
-        t = TECHNIQUES[technique](config)
+        t = technique_class(technique)(config)
         t.setup(ctx)
         for _ in range(2):
             t.round(ctx)
@@ -118,7 +119,7 @@ def _worker(rank, port, technique, stage, steps, width, depth, out_dir):
         _release()
         base = _status("VmRSS")
         ctx = _context(config, width, depth, data, shards, coll)
-        t = TECHNIQUES[technique](config)
+        t = technique_class(technique)(config)
         t.setup(ctx)
         _release()
         with open("/proc/self/clear_refs", "w") as f:  # reset the peak-RSS counter to the current RSS

@@ -62,16 +62,22 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(n_embd)
         self.fc = nn.Linear(n_embd, 4 * n_embd)
         self.fc_out = nn.Linear(4 * n_embd, n_embd)
+        #: sequence-parallel hook (lab.sequence.gpt): attend(q, k, v) (B, H, T, c/H) -> (B, H, T, c/H) replaces
+        #: the local causal attention below; None = this device holds the whole sequence
+        self.attend = None
 
     def forward(self, x):  # (B, T, C)
         b, t, c = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(c, dim=2)
         q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2) for z in (q, k, v))  # (B, H, T, c/H)
-        # explicit causal attention: under vmap, scaled_dot_product_attention has no batching rule
-        # on CPU and falls back to a per-row loop
-        att = (q @ k.transpose(-2, -1)) * (c // self.n_head) ** -0.5  # (B, H, T, T)
-        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
-        y = att.masked_fill(~causal, float("-inf")).softmax(dim=-1) @ v  # (B, H, T, c/H)
+        if self.attend is not None:
+            y = self.attend(q, k, v)  # (B, H, T, c/H), T = this rank's share of the sequence
+        else:
+            # explicit causal attention: under vmap, scaled_dot_product_attention has no batching rule
+            # on CPU and falls back to a per-row loop
+            att = (q @ k.transpose(-2, -1)) * (c // self.n_head) ** -0.5  # (B, H, T, T)
+            causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+            y = att.masked_fill(~causal, float("-inf")).softmax(dim=-1) @ v  # (B, H, T, c/H)
         x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))
         return x + self.fc_out(F.gelu(self.fc(self.ln2(x))))
 
@@ -86,9 +92,9 @@ class TinyGPT(nn.Module):
         self.ln_f = nn.LayerNorm(n_embd)
         self.head = nn.Linear(n_embd, vocab_size)
 
-    def forward(self, idx):  # (B, T) -> (B, T, vocab)
+    def forward(self, idx, pos=None):  # (B, T) -> (B, T, vocab); pos: (T,) absolute positions, default 0..T-1
         t = idx.shape[-1]
-        x = self.tok(idx) + self.pos(torch.arange(t, device=idx.device))
+        x = self.tok(idx) + self.pos(torch.arange(t, device=idx.device) if pos is None else pos)
         for blk in self.blocks:
             x = blk(x)
         return self.head(self.ln_f(x))

@@ -15,9 +15,18 @@ import torch
 from lab.cluster import Cluster
 from lab.comm import Collective, Ledger
 from lab.data import RankBatches
+from lab.knobs import merged
 from lab.models import ModelSpec
 from lab.schedule import lr_at
 from lab.topology import Topology
+
+
+class Diverged(Exception):
+    """A non-finite loss, gradient or parameter: the run stops at `step` with status 'diverged'."""
+
+    def __init__(self, step: int, quantity: str):
+        super().__init__(f"non-finite {quantity} at step {step}")
+        self.step, self.quantity = step, quantity
 
 
 @dataclass
@@ -57,6 +66,8 @@ class TrainContext:
             group["lr"] = lr
         x, y = self.batches.next()
         losses = self.cluster.backward(x, y)
+        self.guard("loss", losses)
+        self.guard("gradient", self.cluster.params.grad)
         self.compute_seconds += self.step_compute_seconds  # counted before the hook: its messages follow it
         if grad_hook is not None:
             self.cluster.params.grad = grad_hook(self.cluster.params.grad)
@@ -66,6 +77,11 @@ class TrainContext:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return losses
+
+    def guard(self, quantity: str, x: torch.Tensor) -> None:
+        """Raise Diverged if `x` holds a NaN or inf (unless `on_divergence='continue'`)."""
+        if self.config.on_divergence == "stop" and x is not None and not bool(torch.isfinite(x).all()):
+            raise Diverged(self.step, quantity)
 
     def lr_now(self) -> float:
         """Learning rate of the next local step under `config.lr_schedule` (lab.schedule)."""
@@ -83,16 +99,83 @@ class RoundResult:
     extras: dict = field(default_factory=dict)  # technique-specific metrics columns
 
 
+#: the common config fields of the local optimizer, for techniques that step `ctx.optimizer`
+LOCAL_OPTIMIZER = ("optimizer", "momentum", "weight_decay", "grad_clip", "lr_schedule", "warmup_steps")
+
+#: where a technique takes a compressor (what it compresses)
+COMPRESSOR_PATHS = {
+    "gradient": "gradients, every step",
+    "pseudo_gradient": "pseudo-gradients (the change since the last sync)",
+    "outer_gradient": "outer gradients",
+    "uplink": "client updates on the uplink",
+    "downlink": "the server's model on the downlink",
+}
+
+
 class Technique:
-    """Base class. Subclasses set `name`, a docstring (idea, paper, what is sent, knobs), and `round`."""
+    """Base class. A subclass sets `name`, a docstring (idea, paper, what is sent, knobs), `round`, and
+    declares what it reads:
+
+    - `knobs`: the config fields it introduces, `{name: lab.knobs.Knob}`;
+    - `reads`: config fields declared elsewhere (the common ones in `lab.config`, or another
+      technique's) that it reads;
+    - `compressor_path`: where it takes the `compressor` (a key of `COMPRESSOR_PATHS`), or None;
+    - `label`: its name in charts; `budget`: whether `steps` or `rounds` sizes a run; `federated`: a
+      server-based round over sampled clients;
+    - `check(config)`: its own cross-field rules, raising ValueError on construction of the config.
+
+    `knobs` and `reads` merge along the class hierarchy, so a subclass declares only what is its own.
+    """
 
     name: str = ""
+    label: str = ""
     #: what `config.steps`/`config.rounds` budget the run: 'steps' or 'rounds'
     budget: str = "steps"
+    federated: bool = False
+    knobs: dict = {}
+    reads: tuple = ()
+    compressor_path: str | None = None
+    #: with a compressor: whether it reads `error_feedback` (False where the technique corrects the error itself)
+    takes_feedback: bool = True
+    #: fields shown in the chart label beside the technique's name (e.g. its period H)
+    label_knobs: tuple = ()
 
     def __init__(self, config):
         self.config = config
 
+    # ---- declarations -------------------------------------------------------------------------------
+    @classmethod
+    def declared_knobs(cls) -> dict:
+        """Every knob this class and its bases introduce, `{field: Knob}`."""
+        return merged(_lineage(cls), "knobs")
+
+    @classmethod
+    def read_fields(cls) -> frozenset[str]:
+        """Names of the technique-specific config fields this technique reads (declared or referenced)."""
+        return frozenset(cls.declared_knobs()) | frozenset(merged(_lineage(cls), "reads"))
+
+    @classmethod
+    def check(cls, config) -> None:
+        """Cross-field rules of this technique (bounds and choices are the knobs'); raise via lab.knobs.bad."""
+
+    @classmethod
+    def describe(cls, config) -> str:
+        """The chart label of a run: the technique and the settings it really applied."""
+        parts = [cls.label or cls.name]
+        for name in sorted(cls.label_fields()):
+            parts.append(f"{LABEL_NAMES.get(name, name)}={_short(getattr(config, name))}")
+        if cls.compressor_path and config.compressor != "none":
+            from lab.compress.registry import describe_setting
+
+            parts.append(describe_setting(config))
+        return " ".join(parts)
+
+    @classmethod
+    def label_fields(cls) -> tuple:
+        """Fields shown in the chart label (subclasses name their main knob)."""
+        return merged(_lineage(cls), "label_knobs")
+
+    # ---- running ------------------------------------------------------------------------------------
     def setup(self, ctx: TrainContext) -> None:
         pass
 
@@ -108,3 +191,16 @@ class Technique:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+#: short names of knobs in chart labels
+LABEL_NAMES = {"sync_period": "H", "sharding_degree": "S", "zero_stage": "stage",
+               "num_fragments": "P", "outer_bits": "bits", "client_fraction": "C"}
+
+
+def _lineage(cls) -> list:
+    return [c for c in reversed(cls.__mro__) if issubclass(c, Technique)]
+
+
+def _short(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)

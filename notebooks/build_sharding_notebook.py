@@ -57,9 +57,9 @@ import widgets
 from lab import topology as topo
 from lab.experiment import ExperimentConfig, run
 from lab.sharding import frontier
-from lab.sharding.memory import PRESETS, activation_bytes, flat_shape, lab_memory, zero_memory
+from lab.sharding.held import held_memory
+from lab.sharding.memory import MODEL_SHAPES, activation_bytes, flat_shape, lab_memory, zero_memory
 from lab.sharding.planner import Candidate, evaluate, plan
-from lab.sharding.zero import held_memory
 from widgets.sharding import memory_chart
 
 widgets.enable_offline();  # charts render without internet
@@ -133,7 +133,7 @@ pd.DataFrame({"stage": ["DDP", "ZeRO-1", "ZeRO-2", "ZeRO-3"], "model states GB p
     code("""
 scale_rows, charts = [], []
 for name in scale_models:
-    shape = PRESETS[name]
+    shape = MODEL_SHAPES[name]
     acts = activation_bytes(shape, recompute="selective")
     rows = []
     for label, stage in (("DDP", 0), ("ZeRO-1", 1), ("ZeRO-2", 2), ("ZeRO-3", 3)):
@@ -154,7 +154,7 @@ gradient all-reduce across nodes; sharding over all 32 ranks needs the least
 memory and sends the most across nodes. ZeRO++ then cuts those cross-node bytes.
 """),
     code("""
-shape, cluster = PRESETS[planner_model], topo.preset(planner_topology, planner_ranks)
+shape, cluster = MODEL_SHAPES[planner_model], topo.preset(planner_topology, planner_ranks)
 sweep = pd.DataFrame([evaluate(shape, cluster, Candidate(3, s), memory_cap=memory_cap_gb * 1e9)
                       for s in [d for d in range(1, planner_ranks + 1) if planner_ranks % d == 0]])
 zpp = pd.DataFrame([evaluate(shape, cluster, c, memory_cap=memory_cap_gb * 1e9) for c in (

@@ -44,6 +44,20 @@ CHROMIUM_ARGS = [
 SERVER_START_TIMEOUT_S = 60.0
 
 
+#: markers (and fixtures) that make a test slow: `make test-fast` runs `pytest -m "not slow"`
+SLOW_MARKERS = ("gloo", "notebook", "browser")
+SLOW_FIXTURES = ("chromium_browser", "browser_page", "jupyter_server")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every gloo, notebook and browser test (and any test using the browser or JupyterLab fixtures)
+    `slow` too, in this one place, so `-m "not slow"` leaves them all out."""
+    for item in items:
+        if any(item.get_closest_marker(m) for m in SLOW_MARKERS) or set(SLOW_FIXTURES) & set(item.fixturenames):
+            if item.get_closest_marker("slow") is None:
+                item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

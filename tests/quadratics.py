@@ -14,7 +14,8 @@ from torch import nn
 from lab.cluster import Cluster
 from lab.comm import Ledger, SimulatedCollective
 from lab.data import RankBatches
-from lab.experiment import TECHNIQUES, ExperimentConfig
+from lab.experiment import ExperimentConfig
+from lab.registry import technique as technique_class
 from lab.models import ModelSpec
 from lab.technique import TrainContext
 from lab.topology import preset
@@ -60,7 +61,7 @@ def distance_after(technique: str, rounds: int, *, hs=None, bs=None, xstar=None,
     cfg = ExperimentConfig(technique=technique, num_workers=hs.shape[0], local_steps=10, lr=0.02, topology="phones",
                            rounds=rounds, **overrides)
     ctx = make_context(cfg, hs, bs)
-    tech = TECHNIQUES[technique](cfg)
+    tech = technique_class(technique)(cfg)
     tech.setup(ctx)
     for _ in range(rounds):
         tech.round(ctx)

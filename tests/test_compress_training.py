@@ -4,7 +4,9 @@ measured ratio and the Ledger agree with the packets; the same runs on gloo proc
 import pytest
 
 from lab.compress import make_compressor
-from lab.experiment import TECHNIQUES, ExperimentConfig, build_context, run
+from lab.config import config_for
+from lab.experiment import ExperimentConfig, build_context, run
+from lab.registry import technique as technique_class
 from lab.launch import compare_with_simulated
 
 D = 4810  # the digits MLP
@@ -27,7 +29,7 @@ def test_ddp_topk_at_ratio_001_with_ef_is_within_3_points_of_uncompressed():
 @pytest.mark.parametrize("compressor,feedback", [("sign", "ef"), ("powersgd", "ef"), ("qsgd", "none"),
                                                  ("majority_vote", "none")])
 def test_ddp_trains_with_other_compressors(compressor, feedback):
-    cfg = ExperimentConfig(technique="ddp", num_workers=4, steps=60, eval_every=60, compressor=compressor,
+    cfg = config_for("ddp", num_workers=4, steps=60, eval_every=60, compressor=compressor,
                            compression_ratio=0.1, error_feedback=feedback,
                            lr=0.002 if compressor == "majority_vote" else 0.3)
     r = run(cfg, save=False, progress=False)
@@ -50,7 +52,7 @@ def test_fedavg_uplink_compression_with_error_feedback_only_for_participants():
     cfg = ExperimentConfig(technique="fedavg", num_workers=4, rounds=3, local_steps=5, client_fraction=0.5,
                            compressor="topk", compression_ratio=0.05, eval_every=100)
     ctx, _ = build_context(cfg)
-    tech = TECHNIQUES["fedavg"](cfg)
+    tech = technique_class("fedavg")(cfg)
     tech.setup(ctx)
     result = tech.round(ctx)
     took_part = [int(c) for c in result.extras["participants"].split(",")]

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from lab.gossip import (GRAPHS, consensus_curve, degree_of, describe, hops, mixing_matrix, ring_gap, spectral_gap)
+from lab.gossip import GRAPHS, consensus_curve, degree_of, describe, hops, mixing_matrix, ring_gap, spectral_gap
 
 
 @pytest.mark.parametrize("graph", GRAPHS)

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from lab.experiment import ExperimentConfig, build_context, run
+from lab.config import config_for
+from lab.experiment import build_context, run
 from lab.lora.accountant import epsilon, rdp_sampled_gaussian
 from lab.lora.dp_lora import privatize
 from lab.lora.fedex_lora import fedex_aggregate
@@ -13,7 +14,7 @@ from lab.lora.peft import PeftMap
 
 
 
-BASE = ExperimentConfig(num_workers=4, rounds=6, local_steps=10, lr=0.2, eval_every=10_000)  # LoRA: lr 0.5 diverges
+BASE = config_for("fedpeft", num_workers=4, rounds=6, local_steps=10, lr=0.2, eval_every=10_000)  # LoRA: lr 0.5 diverges
 
 
 def peft_map(mode="lora", rank=4):
@@ -52,7 +53,7 @@ def test_fedex_lora_aggregation_is_exact_and_fedit_is_not():
 def test_fedpeft_full_mode_is_fedavg():
     cfg = BASE.replace(rounds=2, client_fraction=0.5)
     peft = run(cfg.replace(technique="fedpeft", peft_mode="full"), save=False, progress=False)
-    avg = run(cfg.replace(technique="fedavg"), save=False, progress=False)
+    avg = run(cfg.replace(technique="fedavg", pretrained="on"), save=False, progress=False)  # the same backbone
     assert torch.allclose(peft.model, avg.model, atol=1e-5, rtol=0)
     assert peft.summary()["bytes"] == avg.summary()["bytes"]
 

@@ -5,9 +5,9 @@ import pytest
 from lab import topology as topo
 from lab.comm.collective import group_cost
 from lab.experiment import ExperimentConfig, run
-from lab.sharding.memory import PRESETS, zero_memory
-from lab.sharding.planner import evaluate, plan, step_collectives, Candidate
-from lab.sharding.zero import parse_zeropp
+from lab.sharding.memory import MODEL_SHAPES, zero_memory
+from lab.sharding.options import parse_zeropp
+from lab.sharding.planner import Candidate, evaluate, plan, step_collectives
 
 
 @pytest.mark.parametrize("kw", [
@@ -37,7 +37,7 @@ def test_schedule_is_what_the_technique_sends(kw):
 
 
 def test_top_choice_for_7b_on_4x8_with_80gb_fits():
-    shape, t = PRESETS["llama2-7b"], topo.preset("multinode_4x8", 32)
+    shape, t = MODEL_SHAPES["llama2-7b"], topo.preset("multinode_4x8", 32)
     df = plan(shape, t, memory_cap=80e9)
     top = df.iloc[0]
     assert top.fits and top.memory_gb <= 80
@@ -51,7 +51,7 @@ def test_top_choice_for_7b_on_4x8_with_80gb_fits():
 
 
 def test_time_and_bytes_respond_to_the_knobs():
-    shape, t = PRESETS["llama2-7b"], topo.preset("multinode_4x8", 32)
+    shape, t = MODEL_SHAPES["llama2-7b"], topo.preset("multinode_4x8", 32)
     ev = lambda **kw: evaluate(shape, t, Candidate(**kw), memory_cap=80e9)  # noqa: E731
     z3 = ev(stage=3, sharding_degree=32)
     assert ev(stage=3, sharding_degree=32, hpz_size=8)["bytes_inter"] < z3["bytes_inter"]
@@ -69,4 +69,4 @@ def test_time_and_bytes_respond_to_the_knobs():
 
 def test_bad_cap_is_a_clear_error():
     with pytest.raises(ValueError, match="memory_cap"):
-        plan(PRESETS["gpt2-124m"], topo.preset("nvlink_node", 8), memory_cap=0)
+        plan(MODEL_SHAPES["gpt2-124m"], topo.preset("nvlink_node", 8), memory_cap=0)

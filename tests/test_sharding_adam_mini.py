@@ -5,7 +5,7 @@ import torch
 
 from lab.experiment import ExperimentConfig, run
 from lab.sharding.adam_mini import AdamMini, adam_mini_profile, block_kind, block_sizes, layout_of, v_entries
-from lab.sharding.memory import MIXED_ADAM, PRESETS
+from lab.sharding.memory import MIXED_ADAM, MODEL_SHAPES
 
 
 def quiet(cfg):
@@ -17,7 +17,7 @@ def test_llama2_7b_second_moment_count_follows_the_block_rules():
     # q, k: one per head; v, o: one per row; gate, up, down: one per row; two RMSNorms: one each;
     # embedding and LM head: one per row; final norm: one (spec §A7, checks/check_mem.py)
     expected = layers * (heads + heads + dim + dim + ffn + ffn + dim + 2) + vocab + vocab + 1
-    shape = PRESETS["llama2-7b"]
+    shape = MODEL_SHAPES["llama2-7b"]
     assert v_entries(shape) == expected == 1_163_841
     assert round(v_entries(shape) / shape.num_params, 5) == 1.7e-4
     # the optimizer states halve: m (4 bytes) + a negligible v instead of m + v (8 bytes)

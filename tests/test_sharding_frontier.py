@@ -38,7 +38,7 @@ def test_the_scheme_runs_for_real_and_ends_where_ddp_ends():
     cfg = ExperimentConfig(technique="zero", num_workers=16, topology="multinode_4x8", steps=3, eval_every=3,
                            optimizer="adamw", lr=0.01, batch_size=8, zeropp="hpz", hpz_size=2,
                            reduce_levels="die+node", dies_per_gpu=2)
-    ddp = run(cfg.replace(technique="ddp"), save=False, progress=False)
+    ddp = run(cfg.as_technique("ddp"), save=False, progress=False)
     z = run(cfg, save=False, progress=False)
     assert torch.allclose(z.worker_params, ddp.worker_params, atol=1e-6, rtol=0)
     led = z.ledger

@@ -2,7 +2,7 @@
 the memory model's numbers."""
 import pytest
 
-from lab.sharding.memory import PRESETS, zero_memory
+from lab.sharding.memory import MODEL_SHAPES, zero_memory
 from widgets.sharding import ShardingExplorer
 
 
@@ -36,7 +36,7 @@ def test_charts_show_the_memory_model(ex):
     ex.stage.value = 3
     ex.degree.value = 16
     mem, byt = ex.frames()
-    shape = PRESETS["llama2-7b"]
+    shape = MODEL_SHAPES["llama2-7b"]
     for label, stage in (("DDP", 0), ("ZeRO-1", 1), ("ZeRO-2", 2), ("ZeRO-3", 3)):
         rows = mem[mem.scheme == label].set_index("category").gb
         expected = zero_memory(shape, stage, 16 if stage else 1)

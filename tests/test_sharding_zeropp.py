@@ -35,13 +35,14 @@ def test_hpz_backward_gather_sends_nothing_across_nodes_and_changes_no_number():
 
 def test_hpz_memory_overhead_is_the_secondary_slice():
     cfg = BASE.replace(zeropp="hpz", steps=1)
-    from lab.experiment import TECHNIQUES, build_context
+    from lab.experiment import build_context
+    from lab.registry import technique as technique_class
 
     ctx, _ = build_context(cfg)
-    t = TECHNIQUES["zero"](cfg)
+    t = technique_class("zero")(cfg)
     t.setup(ctx)
     t.round(ctx)
-    plain = TECHNIQUES["zero"](BASE)
+    plain = technique_class("zero")(BASE)
     ctx2, _ = build_context(BASE)
     plain.setup(ctx2)
     plain.round(ctx2)

@@ -1,42 +1,107 @@
-"""The technique-specific knobs appear with their technique, and the sync-period knob drives every technique."""
+"""The knob panel derives from the declarations: each technique shows exactly the fields it reads, controls take
+their bounds, choices and scale from the Knob, and what is not read is disabled with the reason."""
+import html
+
+import ipywidgets as ipw
 import pytest
 
 import widgets
-from lab.experiment import TECHNIQUES, ExperimentConfig
-from widgets.technique_knobs import FEDERATED_FIELDS, TECHNIQUE_FIELDS, TechniqueKnobs
+from lab import registry
+from lab.config import ALWAYS, KNOBS, ExperimentConfig, config_for, is_read, reads
+from widgets.technique_knobs import TechniqueKnobs, draft, field_control
 
-SMALL = ExperimentConfig(num_workers=4, steps=20, rounds=2)
-
-
-def shown(panel):
-    return [c.description for c in panel.technique_knobs.children]
+#: settings for every technique at once (a dict: no single config holds both budgets)
+SETTINGS = dict(num_workers=4, steps=20, rounds=2)
 
 
-def own(technique):
-    return [n.replace("_", " ") for n in TECHNIQUE_FIELDS.get(technique, ())]
+@pytest.fixture(scope="module")
+def panel():
+    return widgets.KnobPanel(SETTINGS)
 
 
-def test_every_listed_field_and_technique_exists():
-    for technique, names in TECHNIQUE_FIELDS.items():
-        assert technique in TECHNIQUES
-        for n in names:
-            assert hasattr(SMALL, n)
-    assert all(hasattr(SMALL, n) for n in FEDERATED_FIELDS)
+@pytest.mark.parametrize("technique", list(registry.techniques()))
+def test_each_technique_shows_exactly_the_knobs_it_reads(panel, technique):
+    panel.technique.value = technique
+    shown = set(panel.technique_knobs.values())
+    assert shown == (reads(technique) - set(ALWAYS)) | {"compressor"}
+    assert panel.error == "", panel.error  # the defaults of what it reads make a valid config
+    config = panel.config()
+    assert config.technique == technique
+    for name in shown:  # a disabled control is one the technique does not read as configured, and says why
+        row = panel.technique_knobs.rows[name]
+        ok, why = is_read(config, name)
+        assert row.control.disabled == (not ok), name
+        assert (why in html.unescape(row.note.value)) if not ok else row.note.value == "", name
 
 
-def test_knobs_follow_the_chosen_technique():
-    panel = widgets.KnobPanel(SMALL)
-    assert shown(panel) == own("ddp")
-    panel.technique.value = "streaming_diloco"
-    assert shown(panel)[:4] == ["num fragments", "overlap steps", "merge alpha", "outer bits"]
-    panel.technique.value = "scafcom"
-    assert "scafcom beta" in shown(panel) and "dropout prob" in shown(panel)
+def test_compressor_is_disabled_with_the_reason_where_there_is_no_compressed_path(panel):
+    without = [t for t, cls in registry.techniques().items() if cls.compressor_path is None]
+    with_path = [t for t, cls in registry.techniques().items() if cls.compressor_path is not None]
+    assert without and with_path
+    for t in without:
+        panel.technique.value = t
+        row = panel.technique_knobs.rows["compressor"]
+        assert row.control.disabled and f"technique={t!r} does not read it" in html.unescape(row.note.value)
+    for t in with_path:
+        panel.technique.value = t
+        assert not panel.compressor.disabled, t
+
+
+def test_controls_take_bounds_choices_and_scale_from_the_knob():
+    for name, k in KNOBS.items():
+        c = field_control(name)
+        assert c.value == k.default, name
+        if k.choices is not None:
+            assert isinstance(c, ipw.Dropdown) and list(c.options) == list(k.choices), name
+        elif k.type is int:
+            assert isinstance(c, ipw.BoundedIntText), name
+            assert c.max == k.high - k.high_open and c.min <= k.low + k.low_open, name
+        elif k.type is float and k.scale == "log":
+            assert isinstance(c, ipw.FloatLogSlider) and 10 ** c.max <= k.high * (1 + 1e-9), name
+        elif k.type is float:
+            assert isinstance(c, (ipw.FloatSlider, ipw.BoundedFloatText)), name
+            assert k.low <= c.min + 1e-9 or c.min in k.special, name
+            assert c.max <= k.high, name
+    lr = field_control("lr", 0.05)
+    assert isinstance(lr, ipw.FloatLogSlider) and 10 ** lr.min < 0.05 < 10 ** lr.max
+
+
+def test_conditional_knobs_follow_their_condition():
+    panel = widgets.KnobPanel(SETTINGS)
+    panel.technique.value = "ddp"
+    buckets = panel.technique_knobs.rows["num_buckets"]
+    assert buckets.control.disabled and buckets.note.value
+    panel.controls["overlap"].value = True
+    assert not buckets.control.disabled and buckets.note.value == ""
+    assert panel.dirichlet_alpha.disabled and "dirichlet alpha" in panel.notes.value
+    panel.partition.value = "dirichlet"
+    panel.dirichlet_alpha.value = 0.3
+    assert not panel.dirichlet_alpha.disabled
+    assert panel.config().dirichlet_alpha == 0.3
+    panel.partition.value = "iid"
+    assert panel.config().dirichlet_alpha == KNOBS["dirichlet_alpha"].default  # not read: not passed
+
+
+def test_switching_techniques_passes_only_what_each_reads():
+    panel = widgets.KnobPanel(SETTINGS)
     panel.technique.value = "local_sgd"
-    assert shown(panel) == own("local_sgd") and "dropout prob" not in shown(panel)
+    panel.sync_period.value = 8
+    panel.compressor.value = "topk"
+    panel.compression_ratio.value = 0.1
+    assert panel.config() == ExperimentConfig(technique="local_sgd", num_workers=4, steps=20, sync_period=8,
+                                              compressor="topk", compression_ratio=0.1)
+    panel.technique.value = "fedavg"
+    panel.controls["local_steps"].value = 7
+    panel.controls["dropout_prob"].value = 0.25
+    c = panel.config()
+    assert (c.rounds, c.local_steps, c.dropout_prob, c.sync_period) == (2, 7, 0.25, KNOBS["sync_period"].default)
+    assert c == config_for("fedavg", **panel.settings())
+    panel.technique.value = "local_sgd"  # hidden knobs kept their values
+    assert panel.config().sync_period == 8
 
 
 def test_technique_knob_values_reach_the_config_and_invalid_ones_are_explained():
-    panel = widgets.KnobPanel(SMALL)
+    panel = widgets.KnobPanel(SETTINGS)
     panel.technique.value = "streaming_diloco"
     panel.sync_period.value = 8
     panel.technique_knobs.controls["num_fragments"].value = 4
@@ -47,17 +112,11 @@ def test_technique_knob_values_reach_the_config_and_invalid_ones_are_explained()
     assert panel.config() is None and "overlap_steps=2" in panel.error
 
 
-@pytest.mark.parametrize("technique", ["fedavg", "scaffold", "modest", "fedvote", "pgfed"])
-def test_sync_period_becomes_the_local_steps_of_federated_techniques(technique):
-    panel = widgets.KnobPanel(SMALL)
-    panel.technique.value = technique
-    panel.sync_period.value = 7
-    panel.technique_knobs.controls["dropout_prob"].value = 0.25
-    c = panel.config()
-    assert c.local_steps == 7 and c.dropout_prob == 0.25
-
-
-def test_step_budgeted_techniques_read_the_sync_period_itself():
-    knobs = TechniqueKnobs(SMALL)
-    assert knobs.values("diloco", 9) == {"outer_lr": 0.7, "outer_momentum": 0.9, "lr_schedule": "constant"}
-    assert "local_steps" not in knobs.values("qsr", 9)
+def test_technique_knobs_alone_and_a_draft_config():
+    knobs = TechniqueKnobs(ExperimentConfig(technique="diloco", num_workers=4))
+    assert {"outer_lr", "outer_momentum", "sync_period"} <= set(knobs.values())
+    assert "local_steps" not in knobs.values()
+    d = draft("fedavg", {"local_steps": 3})
+    assert is_read(d, "local_epochs")[0] is False  # local_steps > 0 sets the steps instead
+    with pytest.raises(ValueError, match="technique='nope'"):
+        knobs.show("nope")

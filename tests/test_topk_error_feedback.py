@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lab.comm import Ledger, SimulatedCollective
-from lab.compress import Channel, TopK, make_feedback
+from lab.compress import Channel, EControl, TopK, make_feedback
 from lab.topology import preset
 
 
@@ -20,7 +20,8 @@ A = torch.tensor([[-3.0, 2, 2], [2, -3, 2], [2, 2, -3]], dtype=torch.float64)
 
 def distributed_gd(feedback: str, steps: int = 300, lr: float = 0.05, eta: float = 0.2) -> float:
     comp = TopK(k=1)
-    channel = Channel(comp, make_feedback(feedback, comp, eta=eta))
+    fb = EControl(comp, eta=eta) if feedback == "econtrol" else make_feedback(feedback, comp)  # eta=0.0 is EF21
+    channel = Channel(comp, fb)
     coll = SimulatedCollective(world_size=3, ledger=Ledger(preset("nvlink_node", 3)))
     x = torch.ones(3, dtype=torch.float64)
     for _ in range(steps):

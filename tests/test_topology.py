@@ -1,8 +1,7 @@
 """The α-β cost model: closed-form bytes, algorithm choice, presets and their limits."""
-import pytest
-
 from dataclasses import replace
 
+import pytest
 import torch
 
 from lab.topology import PRESET_SIZES, PRESETS, build, preset
@@ -150,7 +149,8 @@ def test_binomial_broadcast_takes_ceil_log2_p_rounds_and_the_root_sends_log2_p_c
 def test_double_binary_tree_sends_about_2m_and_pays_log_p_latency():
     p, m = 16, 2**20
     t = flat(p, latency=1e-3)
-    tree, ring = t.pin({"all_reduce": "tree"}).cost("all_reduce", m), t.pin({"all_reduce": "ring"}).cost("all_reduce", m)
+    tree = t.pin({"all_reduce": "tree"}).cost("all_reduce", m)
+    ring = t.pin({"all_reduce": "ring"}).cost("all_reduce", m)
     # every non-root sends M/2 up each tree and every edge carries M/2 down: 2(P-1)·M in all, ≈ 2M per rank
     assert sent(tree).sum() == 2 * (p - 1) * m and sent(tree).max() <= 2.5 * m
     assert tree.seconds < ring.seconds  # latency-bound: 2 log P hops against 2(P-1) steps

@@ -5,8 +5,16 @@ import pytest
 
 from lab import topology as topo
 from lab.experiment import ExperimentConfig, run
-from widgets.topology_view import (TopologyView, consensus_chart, gantt_chart, layout, predicted_vs_measured_chart,
-                                   topology_chart, traffic_edges, wiring)
+from widgets.topology_view import (
+    TopologyView,
+    consensus_chart,
+    gantt_chart,
+    layout,
+    predicted_vs_measured_chart,
+    topology_chart,
+    traffic_edges,
+    wiring,
+)
 
 
 def test_every_preset_draws_its_wiring():

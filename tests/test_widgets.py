@@ -9,20 +9,25 @@ import ipywidgets as ipw
 import pandas as pd
 
 import widgets
+from lab import registry
 from lab import topology as topo
-from lab.compress import COMPRESSORS
-from lab.experiment import TECHNIQUES, ExperimentConfig, run
+from lab.compress.registry import COMPRESSORS
+from lab.config import KNOBS
+from lab.experiment import ExperimentConfig, run
 
 SMALL = ExperimentConfig(num_workers=4, steps=32, eval_every=8)
 
 
 def test_knob_factories_come_from_lab_registries():
     s = widgets.sync_period_slider()
-    assert isinstance(s, ipw.IntSlider) and (s.min, s.max) == (1, 128)
+    assert isinstance(s, ipw.IntSlider) and (s.min, s.max) == (KNOBS["sync_period"].low, 128)
     r = widgets.compression_ratio_slider()
-    assert isinstance(r, ipw.FloatLogSlider) and (r.base, r.min, r.max) == (10, -3, 0)
+    assert KNOBS["compression_ratio"].scale == "log"
+    assert isinstance(r, ipw.FloatLogSlider) and (r.base, r.min, r.max) == (10, -3, 0)  # 1e-3 .. the bound 1
     assert r.value == 1.0
-    assert list(widgets.technique_picker().options) == list(TECHNIQUES)
+    picker = widgets.technique_picker()
+    assert [v for _, v in picker.options] == list(registry.techniques())
+    assert ("Local SGD (local_sgd)", "local_sgd") in picker.options  # shown by the technique's label
     assert [v for _, v in widgets.topology_picker().options] == list(topo.PRESETS)
     assert list(widgets.compressor_picker().options) == list(COMPRESSORS)
 
@@ -43,16 +48,19 @@ def test_knob_panel_builds_the_config_from_its_values():
     assert config.eval_every == SMALL.eval_every  # fields without a knob come from the base
     assert panel.error == "" and panel.message.value == ""
     assert not panel.compression_ratio.disabled
-    panel.compressor.value = "none"
-    assert panel.compression_ratio.disabled  # the ratio means nothing without a compressor
+    panel.compressor.value = "int8"
+    assert panel.compression_ratio.disabled  # int8 has a fixed size: the ratio is not read
+    assert panel.config().compression_ratio == 1.0  # ... and not passed
 
 
 def test_knob_panel_disables_the_budget_the_technique_ignores():
     panel = widgets.KnobPanel(SMALL)
     panel.technique.value = "fedavg"
     assert panel.steps.disabled and not panel.rounds.disabled
+    assert "steps: the technique is budgeted in rounds" in panel.notes.value
     panel.technique.value = "ddp"
     assert not panel.steps.disabled and panel.rounds.disabled
+    assert "rounds: the technique is budgeted in steps" in panel.notes.value
 
 
 def test_bad_combination_shows_the_error_and_does_not_raise():
@@ -69,12 +77,23 @@ def test_bad_combination_shows_the_error_and_does_not_raise():
 
 def test_sharding_degree_offers_only_divisors():
     panel = widgets.KnobPanel(SMALL.replace(num_workers=8))
+    panel.technique.value = "zero"
     assert [v for _, v in panel.sharding_degree.options] == [0, 1, 2, 4, 8]
     panel.sharding_degree.value = 4
     panel.num_workers.value = 6
     assert [v for _, v in panel.sharding_degree.options] == [0, 1, 2, 3, 6]
     assert panel.sharding_degree.value == 0  # 4 does not divide 6
     assert panel.config().sharding_degree == 0
+
+
+def test_run_label_is_what_the_technique_applied():
+    qsr = SMALL.replace(technique="qsr", sync_period=4)
+    label = widgets.run_label(qsr)
+    assert label == f"{registry.technique('qsr').describe(qsr)} ×4 nvlink_node"
+    assert label.startswith("QSR") and "H=4" in label
+    topk = SMALL.replace(compressor="topk", compression_ratio=0.1)
+    assert widgets.run_label(topk).startswith("DDP topk r=0.1")
+    assert "topk" not in widgets.run_label(SMALL)
 
 
 def test_start_with_invalid_knobs_returns_false_and_says_why():

@@ -14,6 +14,8 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
+from lab.registry import technique
+
 #: x axes: column -> (title, log scale?, axis label format)
 X_AXES = {
     "step": ("local steps per worker", False, "~d"),
@@ -56,18 +58,10 @@ def frame(runs, label: str | None = None) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
 
 
-#: techniques whose legend label shows the sync period H (only the label depends on this)
-_SYNC_PERIOD_LABEL = ("local_sgd", "qsr", "diloco", "streaming_diloco")
-
-
 def run_label(config) -> str:
-    """A short legend label for an ExperimentConfig: technique, H or compressor if used, workers, topology."""
-    out = config.technique
-    if config.technique in _SYNC_PERIOD_LABEL:
-        out += f" H={config.sync_period}"
-    if config.compressor != "none":
-        out += f" {config.compressor} {config.compression_ratio:.3g}"
-    return f"{out} ×{config.num_workers} {config.topology}"
+    """A short legend label for an ExperimentConfig: what the technique says it applied
+    (`Technique.describe`: its name, main knob, compressor if it takes one), then workers and topology."""
+    return f"{technique(config.technique).describe(config)} ×{config.num_workers} {config.topology}"
 
 
 def _tidy(df: pd.DataFrame) -> pd.DataFrame:

@@ -1,135 +1,145 @@
-"""Knob controls built from lab's registries, and a `KnobPanel` that turns them into an ExperimentConfig.
+"""Knob controls built from lab's declarations, and a `KnobPanel` that turns them into an ExperimentConfig.
 
-Each factory returns a plain ipywidgets control whose options and tooltip come
-from `lab` (`ExperimentConfig` field help, `lab.experiment.TECHNIQUES`,
-`lab.topology.PRESETS`, `lab.compress.COMPRESSORS`), so a technique or preset
-added to lab shows up here without UI changes.
+Every control comes from its field's `lab.knobs.Knob` (help text, bounds,
+choices, log scale; `widgets.technique_knobs.field_control`); the technique
+picker lists `lab.registry.techniques()`, the topology picker
+`lab.topology.PRESETS`, the compressor picker `lab.compress.registry.COMPRESSORS`.
+A technique, preset or compressor added to lab shows up here without UI changes.
 """
 from __future__ import annotations
 
 import html
-from dataclasses import fields
 
 import ipywidgets as w
 
+from lab import registry
 from lab import topology as topo
-from lab.compress import COMPRESSORS
-from lab.experiment import TECHNIQUES, ExperimentConfig
-from lab.sharding.layout import divisors
-from widgets.technique_knobs import TechniqueKnobs
+from lab.config import KNOBS, ExperimentConfig, config_for, is_read
+from widgets.technique_knobs import (TechniqueKnobs, draft, field_control, field_help, set_sharding_options,
+                                     settings_of, sharding_degree_control)
 
-_HELP = {f.name: f.metadata.get("help", "") for f in fields(ExperimentConfig)}
 _STYLE = {"description_width": "9em"}
+#: the common knobs the panel shows above the technique's own, one row each
+MAIN_ROWS = (("technique", "topology"), ("num_workers", "steps", "rounds"), ("lr", "batch_size"),
+             ("partition", "dirichlet_alpha", "shards_per_worker"))
+_DESCRIPTIONS = {"num_workers": "workers", "lr": "learning rate", "compression_ratio": "compression"}
 
 
-def sync_period_slider(value: int = 16) -> w.IntSlider:
-    """Sync period H: local steps between parameter averages (Local SGD), 1..128."""
-    return w.IntSlider(value=value, min=1, max=128, description="sync period H", tooltip=_HELP["sync_period"],
-                       continuous_update=False, style=_STYLE)
+def _control(name: str, value=None, **kw) -> w.Widget:
+    return field_control(name, value, description=_DESCRIPTIONS.get(name), style=_STYLE, **kw)
+
+
+def sync_period_slider(value: int = 16, *, max_value: int = 128) -> w.IntSlider:
+    """Sync period H (local steps between syncs) as a slider from the Knob's minimum to `max_value`."""
+    k = KNOBS["sync_period"]
+    return w.IntSlider(value=value, min=int(k.low), max=int(min(k.high, max(max_value, value))),
+                       description="sync period H", tooltip=k.help, continuous_update=False, style=_STYLE)
 
 
 def compression_ratio_slider(value: float = 1.0) -> w.FloatLogSlider:
-    """Target compression ratio (encoded / dense bytes) on a log scale from 1e-3 to 1."""
-    return w.FloatLogSlider(value=value, base=10, min=-3, max=0, step=0.25, readout_format=".3g",
-                            description="compression", tooltip=_HELP["compression_ratio"],
-                            continuous_update=False, style=_STYLE)
+    """Target compression ratio on a log scale (range from the Knob's bounds around `value`)."""
+    return _control("compression_ratio", value)
 
 
 def technique_picker(value: str = "ddp") -> w.Dropdown:
-    """Training technique, one option per entry of `lab.experiment.TECHNIQUES`."""
-    return w.Dropdown(options=list(TECHNIQUES), value=value, description="technique", tooltip=_HELP["technique"],
+    """Training technique: one option per `lab.registry.techniques()`, shown by its label."""
+    options = [(f"{cls.label or name} ({name})", name) for name, cls in registry.techniques().items()]
+    return w.Dropdown(options=options, value=value, description="technique", tooltip=field_help("technique"),
                       style=_STYLE)
 
 
 def topology_picker(value: str = "nvlink_node") -> w.Dropdown:
     """Network preset for simulated time, one option per entry of `lab.topology.PRESETS`."""
     options = [(f"{name} ({topo.preset(name).description})", name) for name in topo.PRESETS]
-    return w.Dropdown(options=options, value=value, description="topology", tooltip=_HELP["topology"],
+    return w.Dropdown(options=options, value=value, description="topology", tooltip=field_help("topology"),
                       style=_STYLE)
 
 
 def compressor_picker(value: str = "none") -> w.Dropdown:
-    """Gradient compressor, one option per entry of `lab.compress.COMPRESSORS`."""
-    return w.Dropdown(options=list(COMPRESSORS), value=value, description="compressor", tooltip=_HELP["compressor"],
-                      style=_STYLE)
+    """Compressor, one option per entry of `lab.compress.registry.COMPRESSORS`."""
+    return _control("compressor", value)
 
 
 def sharding_degree_picker(num_workers: int = 8, value: int = 0) -> w.Dropdown:
     """Sharding degree S (ZeRO): 0 (all workers) or a divisor of `num_workers`; only valid values are offered."""
-    picker = w.Dropdown(description="sharding S", tooltip=_HELP["sharding_degree"], style=_STYLE)
-    set_sharding_options(picker, num_workers, value)
-    return picker
-
-
-def set_sharding_options(picker: w.Dropdown, num_workers: int, value: int | None = None) -> None:
-    """Offer 0 and the divisors of `num_workers`; keep `value` (default: the current one) if still valid, else 0."""
-    value = picker.value if value is None else value
-    options = [(f"all ({num_workers})", 0)] + [(str(d), d) for d in divisors(num_workers)]
-    picker.options = options
-    picker.value = value if value in dict(options).values() else 0
+    return sharding_degree_control(num_workers, value)
 
 
 class KnobPanel(w.VBox):
-    """The knobs of one experiment, grouped, with a line that shows why a combination is invalid.
+    """The knobs of one experiment, with a line that shows why a combination is invalid.
 
-    `.config(base)` returns `base` with the knob values applied, or None when
-    ExperimentConfig rejects them; the ValueError's message is then shown in
-    `.message` (an HTML widget) and kept in `.error` instead of being raised.
-    The panel re-validates whenever a knob changes. The budget the technique
-    ignores (steps or rounds) is disabled, and so is the ratio while the
-    compressor is 'none'; the sharding degree offers only divisors of the
-    worker count. Every other field comes from `base`.
+    The common knobs (`MAIN_ROWS`) come first; under them `TechniqueKnobs` shows
+    exactly the knobs the chosen technique reads. A knob the technique does not
+    read as configured (the budget it ignores, `dirichlet_alpha` without a
+    Dirichlet partition, the compression ratio of a fixed-size compressor, the
+    compressor of a technique without a compressed path) is disabled, with the
+    reason. `base` is an ExperimentConfig or a dict of settings for several
+    techniques (e.g. `{"steps": 64, "rounds": 4, "sync_period": 8}`, which
+    no single config holds); `.base` keeps its fields set away from their
+    defaults. `.config()` returns the config of the knob values over them,
+    built with `lab.config.config_for` so only what the technique reads is
+    passed, or None when ExperimentConfig rejects them; the ValueError's
+    message is then shown in `.message` (an HTML widget) and kept in `.error`.
+    The panel re-validates whenever a knob changes.
     """
 
-    def __init__(self, base: ExperimentConfig | None = None):
-        self.base = base if base is not None else ExperimentConfig()
-        b = self.base
-        self.technique = technique_picker(b.technique)
-        self.topology = topology_picker(b.topology)
-        self.num_workers = w.BoundedIntText(value=b.num_workers, min=1, max=4096, description="workers",
-                                            tooltip=_HELP["num_workers"], style=_STYLE)
-        self.steps = w.BoundedIntText(value=b.steps, min=1, max=1_000_000, description="steps",
-                                      tooltip=_HELP["steps"], style=_STYLE)
-        self.rounds = w.BoundedIntText(value=b.rounds, min=1, max=1_000_000, description="rounds",
-                                       tooltip=_HELP["rounds"], style=_STYLE)
-        self.lr = w.FloatLogSlider(value=b.lr, base=10, min=-4, max=0.5, step=0.05, readout_format=".3g",
-                                   description="learning rate", tooltip=_HELP["lr"], continuous_update=False,
-                                   style=_STYLE)
-        self.sync_period = sync_period_slider(b.sync_period)
-        self.compressor = compressor_picker(b.compressor)
-        self.compression_ratio = compression_ratio_slider(b.compression_ratio)
-        self.sharding_degree = sharding_degree_picker(b.num_workers, b.sharding_degree)
-        self.technique_knobs = TechniqueKnobs(b)  # the chosen technique's own knobs
-        self.technique_knobs.observe_values(self._on_change)
+    def __init__(self, base: ExperimentConfig | dict | None = None):
+        #: the settings the knobs start from and the fields without a knob come from (see `settings`)
+        self.base = {n: v for n, v in settings_of(base).items() if v != KNOBS[n].default}
+        b = settings_of(self.base)
+        main = [n for row in MAIN_ROWS for n in row]
+        self.technique = technique_picker(b["technique"])
+        self.topology = topology_picker(b["topology"])
+        self.main = {"technique": self.technique, "topology": self.topology}
+        for name in main:
+            if name not in self.main:
+                self.main[name] = _control(name, b[name], width="20em")
+                setattr(self, name, self.main[name])
+        self.technique_knobs = TechniqueKnobs(b, exclude=main)
+        self.controls = {**self.main, **self.technique_knobs.controls}
+        self.notes = w.HTML()
         self.message = w.HTML()
         self.error = ""
-        self.knobs = {"technique": self.technique, "topology": self.topology, "num_workers": self.num_workers,
-                      "steps": self.steps, "rounds": self.rounds, "lr": self.lr, "sync_period": self.sync_period,
-                      "compressor": self.compressor, "compression_ratio": self.compression_ratio,
-                      "sharding_degree": self.sharding_degree}
-        for knob in self.knobs.values():
+        for knob in self.controls.values():
             knob.observe(self._on_change, names="value")
-        super().__init__([
-            w.HBox([self.technique, self.topology]),
-            w.HBox([self.num_workers, self.steps, self.rounds]),
-            w.HBox([self.sync_period, self.lr]),
-            w.HBox([self.compressor, self.compression_ratio]),
-            self.sharding_degree,
-            self.technique_knobs,
-            self.message,
-        ])
+        super().__init__([*(w.HBox([self.main[n] for n in row]) for row in MAIN_ROWS), self.notes,
+                          self.technique_knobs, self.message])
         self._on_change()
 
-    def values(self) -> dict:
-        """The knob values as ExperimentConfig fields."""
-        return {**{name: knob.value for name, knob in self.knobs.items()},
-                **self.technique_knobs.values(self.technique.value, self.sync_period.value)}
+    # the technique knobs most used from code, as attributes
+    @property
+    def sync_period(self) -> w.Widget:
+        return self.controls["sync_period"]
 
-    def config(self, base: ExperimentConfig | None = None) -> ExperimentConfig | None:
-        """`base` (default: the panel's base) with the knobs applied; None, with the reason shown, if invalid."""
-        base = self.base if base is None else base
+    @property
+    def compressor(self) -> w.Widget:
+        return self.controls["compressor"]
+
+    @property
+    def compression_ratio(self) -> w.Widget:
+        return self.controls["compression_ratio"]
+
+    @property
+    def sharding_degree(self) -> w.Widget:
+        return self.controls["sharding_degree"]
+
+    def values(self) -> dict:
+        """The values of the shown knobs, as ExperimentConfig fields (read or not)."""
+        return {**{n: c.value for n, c in self.main.items()}, **self.technique_knobs.values()}
+
+    def settings(self, base: ExperimentConfig | dict | None = None) -> dict:
+        """The knob values over `base`'s settings (default: the panel's), without the technique: what
+        `config` passes to `config_for`."""
+        base = self.base if base is None else {n: v for n, v in settings_of(base).items() if v != KNOBS[n].default}
+        out = {**base, **self.values()}
+        out.pop("technique", None)
+        return out
+
+    def config(self, base: ExperimentConfig | dict | None = None) -> ExperimentConfig | None:
+        """The knobs over `base` (default: the panel's base), keeping only the fields the technique reads;
+        None, with the reason shown, if ExperimentConfig rejects them."""
         try:
-            config = base.replace(**self.values())
+            config = config_for(self.technique.value, **self.settings(base))
         except ValueError as e:
             self._show_error(str(e))
             return None
@@ -144,8 +154,19 @@ class KnobPanel(w.VBox):
         t = self.technique.value
         self.technique_knobs.show(t)
         if change is not None and change["owner"] is self.num_workers:
-            set_sharding_options(self.sharding_degree, self.num_workers.value)
-        self.compression_ratio.disabled = self.compressor.value == "none"
-        self.steps.disabled = TECHNIQUES[t].budget != "steps"
-        self.rounds.disabled = TECHNIQUES[t].budget != "rounds"
+            self.technique_knobs.set_num_workers(self.num_workers.value)
+        settings = self.settings()
+        self.technique_knobs.refresh(settings)
+        config, notes = draft(t, settings), []
+        for name, control in self.main.items():
+            ok, why = is_read(config, name)
+            control.disabled = not ok
+            if not ok:
+                notes.append(f"{control.description}: {why}")
+        self.notes.value = ("<span style='color:#6b6b6b;font-size:0.85em'>not read: "
+                            f"{html.escape(' · '.join(notes))}</span>" if notes else "")
         self.config()
+
+
+__all__ = ["KnobPanel", "compression_ratio_slider", "compressor_picker", "set_sharding_options",
+           "sharding_degree_picker", "sync_period_slider", "technique_picker", "topology_picker"]

@@ -18,7 +18,8 @@ import time
 import ipywidgets as w
 import pandas as pd
 
-from lab.experiment import TECHNIQUES, ExperimentConfig, Run
+from lab.experiment import ExperimentConfig, Run
+from lab.registry import technique as technique_class
 from lab.experiment import run as lab_run
 from widgets.charts import LiveChart, dashboard, run_label
 from widgets.knobs import KnobPanel
@@ -86,7 +87,7 @@ class RunPanel(w.VBox):
         self._num_started += 1
         label = f"#{self._num_started} {run_label(config)}"
         self.error, self._rows, self._stop = None, [], threading.Event()
-        budget = TECHNIQUES[config.technique].budget
+        budget = technique_class(config.technique).budget
         self.progress.max, self.progress.value = (config.rounds if budget == "rounds" else config.steps), 0
         self.run_button.disabled, self.stop_button.disabled, self.clear_button.disabled = True, False, True
         self._set_status(f"{label}: running…")

@@ -1,9 +1,9 @@
-"""The sharding explorer: memory per rank and bytes per step on each link class, for a model preset on a topology.
+"""The sharding explorer: memory per rank and bytes per step on each link class, for a model shape on a topology.
 
     from widgets.sharding import ShardingExplorer
     ShardingExplorer(model="llama2-7b", topology="multinode_4x8")
 
-Knobs: model preset, topology preset and rank count, the sharding degree S (a
+Knobs: model shape, topology preset and rank count, the sharding degree S (a
 slider over the divisors of the rank count only), the ZeRO stage, the ZeRO++
 toggles (qwZ, hpZ, qgZ: stage 3 only; qgZ needs S = all ranks), activation
 recomputation, micro-batch and the memory cap. Two charts update on every
@@ -24,7 +24,7 @@ import pandas as pd
 
 from lab import topology as topo
 from lab.sharding.layout import divisors
-from lab.sharding.memory import PRESETS, RECOMPUTE
+from lab.sharding.memory import MODEL_SHAPES, RECOMPUTE
 from lab.sharding.planner import Candidate, evaluate
 from widgets.charts import LiveChart
 
@@ -75,7 +75,7 @@ class ShardingExplorer(w.VBox):
     def __init__(self, *, model: str = "llama2-7b", topology: str = "multinode_4x8", num_ranks: int | None = None,
                  stage: int = 3, sharding_degree: int | None = None, memory_cap_gb: float = 80.0,
                  recompute: str = "selective", micro_batch: int = 1):
-        self.model = w.Dropdown(options=[(f"{k} ({s.num_params / 1e9:.3g}B)", k) for k, s in PRESETS.items()],
+        self.model = w.Dropdown(options=[(f"{k} ({s.num_params / 1e9:.3g}B)", k) for k, s in MODEL_SHAPES.items()],
                                 value=model, description="model", style=_STYLE)
         self.topology = w.Dropdown(options=[(f"{n} ({topo.preset(n).description})", n) for n in topo.PRESETS],
                                    value=topology, description="topology", style=_STYLE)
@@ -138,7 +138,7 @@ class ShardingExplorer(w.VBox):
         from lab.sharding.memory import Partition, activation_bytes, memory_per_rank
 
         t = self.topology_obj()
-        shape = PRESETS[self.model.value]
+        shape = MODEL_SHAPES[self.model.value]
         mem_rows, byte_rows = [], []
         for label, stage in STAGES:
             cand = self.candidate(stage)

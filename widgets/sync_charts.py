@@ -1,13 +1,11 @@
 """Charts for the sync-period family: QSR's sync period over training, loss against rounds or uplink bytes,
-and who took part in each federated round. Each takes a tidy metrics table with a `label` column
+and how many clients took part in each federated round. Each takes a tidy metrics table with a `label` column
 (`widgets.frame(...)`) and returns an altair chart (show it with `widgets.show`).
 """
 from __future__ import annotations
 
 import altair as alt
 import pandas as pd
-
-from lab.sync.faults import participants_of
 
 
 def period_chart(df: pd.DataFrame, *, width: int = 300, height: int = 200, title: str = "sync period H over training"):
@@ -40,8 +38,3 @@ def participation_chart(df: pd.DataFrame, *, width: int = 300, height: int = 200
             .encode(x=alt.X("round:Q"), y=alt.Y("num_participants:Q", title="participants"),
                     color=alt.Color("label:N", title="run"), tooltip=["label:N", "round:Q", "num_participants:Q"]))
 
-
-def participation_table(metrics: pd.DataFrame) -> pd.DataFrame:
-    """One row per (round, client) that took part, from a run's `participants` column."""
-    return pd.DataFrame([{"round": int(row["round"]), "client": c} for _, row in metrics.iterrows()
-                         for c in participants_of(row)])

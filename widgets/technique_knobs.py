@@ -1,104 +1,223 @@
-"""The knobs a technique adds to the common ones, shown only while that technique is chosen.
+"""Controls built from the config's declared knobs, and the panel of knobs the chosen technique reads.
 
-`TechniqueKnobs` holds one control per technique-specific `ExperimentConfig`
-field (built from the field's type, choices and help text) and shows the ones
-`TECHNIQUE_FIELDS` lists for the chosen technique; federated techniques also
-get the client-sampling and client-fault knobs (`FEDERATED_FIELDS`). The
-common sync-period knob drives every technique: the step-budgeted ones read
-`sync_period` (QSR as H_base), and for the federated ones `values()` maps it
-to `local_steps`, their local steps per round.
+`field_control(name, value)` turns one `lab.knobs.Knob` into an ipywidgets
+control: a dropdown for choices, a checkbox for a flag, a log slider where
+`Knob.scale == 'log'`, a slider for a number in a unit-sized range, else a
+bounded number box — min and max always from the Knob's bounds.
+
+`TechniqueKnobs` holds one such control per technique-dependent field (every
+field not in `lab.config.ALWAYS`) and shows exactly those the chosen
+technique reads (`lab.config.reads`), grouped: the technique's own knobs,
+knobs of a shared base class (e.g. the federated round), the local optimizer,
+and compression. The compressor picker is always shown. A control the
+technique does not read as configured — the compressor where the technique
+has no `compressor_path`, a knob whose `read_when` does not hold — is
+disabled, with the one-line reason of `lab.config.is_read` beside it.
 """
 from __future__ import annotations
 
-from dataclasses import fields
+import html
+import math
+import re
 
 import ipywidgets as w
 
-from lab.experiment import TECHNIQUES, ExperimentConfig
-from lab.sync.options import FEDERATED
+from lab import registry
+from lab.config import ALWAYS, COMPRESSOR_FIELDS, KNOBS, ExperimentConfig, is_read, reads
+from lab.sharding.layout import divisors
+from lab.technique import LOCAL_OPTIMIZER
 
-#: technique -> its own ExperimentConfig fields, in display order
-TECHNIQUE_FIELDS = {
-    "qsr": ("qsr_alpha", "lr_schedule", "warmup_steps"),
-    "diloco": ("outer_lr", "outer_momentum", "lr_schedule"),
-    "streaming_diloco": ("num_fragments", "overlap_steps", "merge_alpha", "outer_bits", "outer_lr", "outer_momentum"),
-    "fedprox": ("prox_mu",),
-    "scaffold": ("server_lr",),
-    "scallion": ("server_lr", "cv_alpha"),
-    "scafcom": ("server_lr", "cv_alpha", "scafcom_beta"),
-    "modest": ("modest_aggregators", "success_fraction"),
-    "dimat": ("dimat_graph", "dimat_matching"),
-    "fedvote": ("fedvote_k", "fedvote_levels"),
-    "pgfed": ("pgfed_mu", "pgfed_lambda", "pgfed_beta"),
-    # sharding family (lab/sharding); the sharding degree is a common knob of the panel
-    "zero": ("zero_stage", "zeropp", "hpz_size", "reduce_levels", "dies_per_gpu", "quant_block"),
-    # compression family (lab/compress, lab/zeroth_order, lab/lora)
-    "ddp": ("error_feedback", "econtrol_eta"),
-    "local_sgd": ("error_feedback", "econtrol_eta"),
-    "fedavg": ("error_feedback", "econtrol_eta"),
-    "fedkseed": ("zo_seeds", "zo_eps", "zo_seed_sampling", "client_fraction", "local_steps"),
-    "justonebyte": ("zo_samples", "zo_eps", "zo_scalar_format"),
-    "ferret": ("ferret_seeds", "ferret_server_lr", "client_fraction", "local_steps"),
-    "fzoos": ("fzoos_features", "fzoos_candidates", "client_fraction", "local_steps"),
-    "fedpeft": ("peft_mode", "lora_rank", "lora_alpha", "client_fraction", "local_steps"),
-    "fedex_lora": ("lora_rank", "lora_alpha", "client_fraction", "local_steps"),
-    "dp_lora": ("dp_clip", "dp_noise", "dp_delta", "lora_rank", "lora_alpha", "client_fraction", "local_steps"),
-    "cellm": ("cellm_up_density", "cellm_down_density", "error_feedback", "lora_rank", "lora_alpha",
-              "client_fraction", "local_steps"),
-}
-#: knobs every federated technique shares: sampling, data skew and the client-fault model
-FEDERATED_FIELDS = ("client_fraction", "partition", "dirichlet_alpha", "dropout_prob", "straggler_prob",
-                    "round_deadline", "clients_stop", "stop_round", "byzantine_clients")
-
-_FIELDS = {f.name: f for f in fields(ExperimentConfig)}
 _STYLE = {"description_width": "11em"}
+#: width of a control, so the reasons beside them line up
+CONTROL_WIDTH = "24em"
 
 
-def field_control(name: str, value) -> w.Widget:
-    """A control for one ExperimentConfig field: a dropdown for choices, else a number or text box."""
-    f = _FIELDS[name]
-    kw = dict(value=value, description=name.replace("_", " "), tooltip=f.metadata.get("help", ""), style=_STYLE)
-    if "choices" in f.metadata:
-        return w.Dropdown(options=list(f.metadata["choices"]), **kw)
-    if f.type in ("int", int):
-        return w.IntText(**kw)
-    if f.type in ("float", float):
-        return w.FloatText(**kw)
-    return w.Text(**kw)
+def field_help(name: str) -> str:
+    return KNOBS[name].help
+
+
+def field_control(name: str, value=None, *, description: str | None = None, style=None,
+                  width: str = CONTROL_WIDTH) -> w.Widget:
+    """A control for config field `name` (value: default of its Knob), bounds and choices from the Knob."""
+    k = KNOBS[name]
+    value = k.default if value is None else value
+    kw = dict(value=value, description=description or name.replace("_", " "), tooltip=k.help,
+              style=style or _STYLE, layout=w.Layout(width=width))
+    if k.choices is not None:
+        return w.Dropdown(options=list(k.choices), **kw)
+    if k.type is bool:
+        return w.Checkbox(indent=True, **kw)
+    if k.type is str:
+        return w.Text(continuous_update=False, **kw)
+    special = [s for s in k.special if isinstance(s, (int, float))]
+    if k.type is int:
+        low = int(k.low) + (1 if k.low_open else 0)
+        high = int(k.high) - (1 if k.high_open else 0)
+        return w.BoundedIntText(min=min([low, *special, value]), max=max(high, value), **kw)
+    if k.scale == "log":
+        lo, hi = log_range(k, value)
+        return w.FloatLogSlider(base=10, min=lo, max=hi, step=0.05, readout_format=".3g", continuous_update=False,
+                                **kw)
+    step = 0.01
+    on_grid = abs(value / step - round(value / step)) < 1e-6
+    if k.high - k.low <= 1 and not special and on_grid:
+        low = k.low + (step if k.low_open else 0.0)
+        high = k.high - (step if k.high_open else 0.0)
+        return w.FloatSlider(min=min(low, value), max=max(high, value), step=step, readout_format=".2f",
+                             continuous_update=False, **kw)
+    return w.BoundedFloatText(min=min([k.low, *special, value]), max=max(k.high, value), **kw)
+
+
+def log_range(k, value: float) -> tuple[float, float]:
+    """Exponents (base 10) of a log slider: three decades under the value's, one over, within the Knob's bounds."""
+    lo = math.floor(math.log10(value)) - 3
+    hi = math.ceil(math.log10(value)) + 1
+    if k.low > 0:
+        lo = max(lo, math.log10(k.low))
+    return lo, min(hi, math.log10(k.high))
+
+
+def settings_of(base: ExperimentConfig | dict | None) -> dict:
+    """Every field's value: a config's, or `base` (a dict of settings, possibly for several techniques, so
+    not necessarily a valid config) over the Knob defaults."""
+    if isinstance(base, ExperimentConfig):
+        return base.to_dict()
+    base = dict(base or {})
+    unknown = sorted(set(base) - set(KNOBS))
+    if unknown:
+        raise ValueError(f"config has unknown fields {unknown}; allowed: {sorted(KNOBS)}")
+    return {n: base.get(n, k.default) for n, k in KNOBS.items()}
+
+
+def draft(technique: str, settings: dict):
+    """An unvalidated ExperimentConfig-like object with `settings` over the defaults, to ask `is_read`."""
+    d = ExperimentConfig.__new__(ExperimentConfig)
+    for name, knob in KNOBS.items():
+        object.__setattr__(d, name, settings.get(name, knob.default))
+    object.__setattr__(d, "technique", technique)
+    return d
+
+
+class FieldRow(w.HBox):
+    """A control and, beside it, why it is disabled (empty while it is read)."""
+
+    def __init__(self, name: str, control: w.Widget):
+        self.name, self.control = name, control
+        self.note = w.HTML(layout=w.Layout(width="auto"))
+        super().__init__([control, self.note], layout=w.Layout(align_items="center"))
+
+    def set_reason(self, reason: str) -> None:
+        self.control.disabled = bool(reason)
+        self.control.tooltip = field_help(self.name) + (f" — not read: {reason}" if reason else "")
+        self.note.value = (f"<span style='color:#6b6b6b;font-size:0.85em;line-height:1.2'>"
+                           f"{html.escape(reason)}</span>" if reason else "")
+
+
+def knob_groups(technique: str, fields=None) -> list[tuple[str, list[str]]]:
+    """[(title, [field, ...]), ...]: the technique-dependent fields `technique` reads, grouped for display.
+
+    Fields declared by a base class that is not itself a registered technique (e.g. the federated round)
+    form a group of their own; the local optimizer and compression come last. The compressor is always
+    listed, so the panel can say why a technique takes none.
+    """
+    cls = registry.technique(technique)
+    fields = [n for n in KNOBS if n not in ALWAYS] if fields is None else list(fields)
+    read = reads(technique)
+    wanted = [n for n in fields if n in read or n == "compressor"]
+    registered = set(registry.techniques().values())
+    groups: dict[str, list[str]] = {cls.label or cls.name: []}
+    for n in wanted:
+        if n in COMPRESSOR_FIELDS:
+            title = "compression"
+        elif n in LOCAL_OPTIMIZER:
+            title = "local optimizer"
+        else:
+            owner = next((c for c in cls.__mro__ if n in vars(c).get("knobs", {})), cls)
+            title = cls.label or cls.name if owner in registered or owner is cls else _humanize(owner.__name__)
+        groups.setdefault(title, []).append(n)
+    order = [t for t in groups if t not in ("local optimizer", "compression")] + ["local optimizer", "compression"]
+    return [(t, groups[t]) for t in order if groups.get(t)]
+
+
+def _humanize(class_name: str) -> str:
+    """'PeftFederated' -> 'peft federated (shared)'."""
+    return " ".join(re.findall(r"[A-Z][a-z0-9]*|[a-z0-9]+", class_name)).lower() + " (shared)"
 
 
 class TechniqueKnobs(w.VBox):
-    """Controls for the technique-specific fields of `base`; `.show(technique)` picks which are visible."""
+    """The knobs `lab.config.reads(technique)` lists beyond the common ones; `.show(technique)` switches.
 
-    def __init__(self, base: ExperimentConfig | None = None):
-        base = base if base is not None else ExperimentConfig()
-        names = sorted({n for group in TECHNIQUE_FIELDS.values() for n in group} | set(FEDERATED_FIELDS))
-        self.controls = {n: field_control(n, getattr(base, n)) for n in names}
-        self.technique = None
+    `.controls` maps every field to its control (hidden ones keep their values for when their technique
+    comes back); `.values()` are the shown fields' values (pass them through `lab.config.config_for`,
+    which drops those not read); `.refresh(settings)` re-evaluates which shown controls are read.
+    """
+
+    def __init__(self, base: ExperimentConfig | dict | None = None, *, exclude=()):
+        values = settings_of(base)
+        names = [n for n in KNOBS if n not in ALWAYS and n not in exclude]
+        self.rows = {n: FieldRow(n, self._control(n, values[n], values["num_workers"])) for n in names}
+        self.controls = {n: row.control for n, row in self.rows.items()}
+        self.technique: str | None = None
+        self.groups: list[tuple[str, list[str]]] = []
         super().__init__([])
-        self.show(base.technique)
+        self.show(values["technique"])
+        self.refresh(values)
 
-    def fields_for(self, technique: str) -> tuple[str, ...]:
-        own = TECHNIQUE_FIELDS.get(technique, ())
-        return own + (FEDERATED_FIELDS if technique in FEDERATED else ())
+    @staticmethod
+    def _control(name: str, value, num_workers: int) -> w.Widget:
+        if name == "sharding_degree":
+            return sharding_degree_control(num_workers, value)
+        return field_control(name, value)
+
+    def fields_for(self, technique: str) -> list[str]:
+        """The fields shown for `technique`, in display order."""
+        return [n for _, group in knob_groups(technique, self.rows) for n in group]
 
     def show(self, technique: str) -> None:
-        """Show the controls of `technique` (none for DDP and Local SGD)."""
+        """Show the controls of the fields `technique` reads (and the compressor picker), grouped."""
         if technique == self.technique:
             return
-        if technique not in TECHNIQUES:
-            raise ValueError(f"technique={technique!r} is unknown; allowed: {list(TECHNIQUES)}")
+        self.groups = knob_groups(technique, self.rows)  # raises ValueError for an unknown technique
         self.technique = technique
-        self.children = [self.controls[n] for n in self.fields_for(technique)]
+        children = []
+        for title, group in self.groups:
+            children.append(w.HTML(f"<b>{html.escape(title)}</b>", layout=w.Layout(margin="6px 0 0 0")))
+            children.extend(self.rows[n] for n in group)
+        self.children = children
+
+    def refresh(self, settings: dict) -> None:
+        """Disable, with the reason, each shown control the chosen technique does not read under `settings`
+        (the other knobs' values, e.g. the panel's)."""
+        config = draft(self.technique, {**settings, **self.values()})
+        for _, group in self.groups:
+            for n in group:
+                ok, why = is_read(config, n)
+                self.rows[n].set_reason("" if ok else why)
+
+    def set_num_workers(self, num_workers: int) -> None:
+        if "sharding_degree" in self.controls:
+            set_sharding_options(self.controls["sharding_degree"], num_workers)
 
     def observe_values(self, handler) -> None:
         for control in self.controls.values():
             control.observe(handler, names="value")
 
-    def values(self, technique: str, sync_period: int | None = None) -> dict:
-        """The fields `technique` uses, as ExperimentConfig values; the sync period becomes a federated
-        technique's `local_steps`."""
-        out = {n: self.controls[n].value for n in self.fields_for(technique)}
-        if technique in FEDERATED and sync_period is not None:
-            out["local_steps"] = sync_period
-        return out
+    def values(self) -> dict:
+        """{field: value} of the shown controls (read or not: `config_for` drops what is not read)."""
+        return {n: self.controls[n].value for _, group in self.groups for n in group}
+
+
+def sharding_degree_control(num_workers: int = 8, value: int = 0) -> w.Dropdown:
+    """Sharding degree S (ZeRO): 0 (all workers) or a divisor of `num_workers`; only valid values are offered."""
+    picker = w.Dropdown(description="sharding degree", tooltip=field_help("sharding_degree"), style=_STYLE,
+                        layout=w.Layout(width=CONTROL_WIDTH))
+    set_sharding_options(picker, num_workers, value)
+    return picker
+
+
+def set_sharding_options(picker: w.Dropdown, num_workers: int, value: int | None = None) -> None:
+    """Offer 0 and the divisors of `num_workers`; keep `value` (default: the current one) if still valid, else 0."""
+    value = picker.value if value is None else value
+    options = [(f"all ({num_workers})", 0)] + [(str(d), d) for d in divisors(num_workers)]
+    picker.options = options
+    picker.value = value if value in dict(options).values() else 0

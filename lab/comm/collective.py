@@ -93,13 +93,29 @@ class Collective(ABC):
         """(n, ...) -> (n, ...): every row becomes rank `src`'s row."""
 
     @abstractmethod
-    def all_to_all(self, x, *, tag: str = "", groups: list[list[int]] | None = None):
+    def all_to_all(self, x, *, tag: str = "", groups: list[list[int]] | None = None, record: bool = True):
         """(n, P, ...) -> (n, P, ...): out[j][i] = in[i][j] (rank i's chunk j goes to rank j); with groups,
-        (n, G, ...) and i, j are positions in the group. Works on a Packet too (every tensor (n, G, ...))."""
+        (n, G, ...) and i, j are positions in the group. Works on a Packet too (every tensor (n, G, ...)).
+        `record=False` when the caller records the call itself (e.g. an all_to_all_v whose chunks are padded
+        to one size here but sent at their true sizes: lab.moe.exchange)."""
 
     @abstractmethod
     def shift(self, x: torch.Tensor, *, offset: int = 1, tag: str = "") -> torch.Tensor:
         """Ring send/recv: rank r sends its row to rank (r + offset) % P; returns what each rank received."""
+
+    def send_recv(self, x: torch.Tensor, *, pairs: list[tuple[int, int]], tag: str = "") -> torch.Tensor:
+        """Point-to-point along `pairs` (src, dst), all at once; each rank sends at most once and receives at
+        most once. Row dst of the result is row src of `x`; rows of ranks that receive nothing are zeros.
+        Sub-group rings (`shift` inside groups) and chains (LASP's state passing) are this op."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _check_pairs(pairs) -> list[tuple[int, int]]:
+        pairs = [(int(s), int(d)) for s, d in pairs]
+        srcs, dsts = [s for s, _ in pairs], [d for _, d in pairs]
+        if len(set(srcs)) != len(srcs) or len(set(dsts)) != len(dsts):
+            raise ValueError(f"pairs={pairs!r} is invalid: each rank sends at most once and receives at most once")
+        return pairs
 
     @abstractmethod
     def server_reduce(self, x: torch.Tensor, *, weights: torch.Tensor, ranks: list[int], tag: str = "") -> torch.Tensor:
@@ -144,11 +160,13 @@ def group_cost(topology, op: str, payload_bytes: int, groups: list[list[int]]) -
 
 
 def ordered_sum(rows: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """sum_r w_r * rows[r] over dim 0 in ascending r, accumulated in fp32."""
-    acc = torch.zeros(rows.shape[1:], dtype=torch.promote_types(rows.dtype, torch.float32))
+    """sum_r w_r * rows[r] over dim 0 in ascending r, in the rows' dtype (at least fp32). Accumulated in that
+    dtype, or in the weights' if wider: float64 weights keep a server's sum in float64 even for fp32 rows."""
+    out = torch.promote_types(rows.dtype, torch.float32)
+    acc = torch.zeros(rows.shape[1:], dtype=out if weights is None else torch.promote_types(out, weights.dtype))
     for r in range(rows.shape[0]):
         acc += rows[r] if weights is None else weights[r] * rows[r]
-    return acc
+    return acc.to(out)
 
 
 def mixing_pairs(weights: torch.Tensor) -> list[tuple[int, int]]:

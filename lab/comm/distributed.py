@@ -113,9 +113,9 @@ class DistributedCollective(Collective):
         dist.broadcast(row, src=src, group=self.group)
         return row.unsqueeze(0)
 
-    def all_to_all(self, x, *, tag="", groups=None):
+    def all_to_all(self, x, *, tag="", groups=None, record=True):
         groups = self._groups(groups)
-        self._record("all_to_all", x, tag=tag, record=True, groups=groups)
+        self._record("all_to_all", x, tag=tag, record=record, groups=groups)
         if isinstance(x, Packet):
             return x.map(lambda t: self._all_to_all(t, groups))
         return self._all_to_all(x, groups)
@@ -139,6 +139,20 @@ class DistributedCollective(Collective):
                dist.P2POp(dist.irecv, out, (self.rank - offset) % p, group=self.group)]
         for req in dist.batch_isend_irecv(ops):
             req.wait()
+        return out.unsqueeze(0)
+
+    def send_recv(self, x, *, pairs, tag=""):
+        pairs = self._check_pairs(pairs)
+        self.record_peers(pairs, x[0].numel() * x.element_size(), op="send_recv", tag=tag)
+        row = self._row(x)
+        out = torch.zeros_like(row)
+        ops = [dist.P2POp(dist.isend, row, d, group=self.group) for s, d in pairs if s == self.rank and d != s]
+        ops += [dist.P2POp(dist.irecv, out, s, group=self.group) for s, d in pairs if d == self.rank and d != s]
+        if any(s == d == self.rank for s, d in pairs):
+            out.copy_(row)
+        if ops:
+            for req in dist.batch_isend_irecv(ops):
+                req.wait()
         return out.unsqueeze(0)
 
     def server_reduce(self, x, *, weights, ranks, tag=""):

@@ -64,12 +64,12 @@ class SimulatedCollective(Collective):
         self._record("broadcast", x, tag=tag, record=True)
         return x[src].unsqueeze(0).expand(x.shape)
 
-    def all_to_all(self, x, *, tag="", groups=None):
+    def all_to_all(self, x, *, tag="", groups=None, record=True):
         groups = self._groups(groups)
         if isinstance(x, Packet):
-            self._record("all_to_all", x, tag=tag, record=True, groups=groups)
+            self._record("all_to_all", x, tag=tag, record=record, groups=groups)
             return x.map(lambda t: self._all_to_all(t, groups))
-        self._record("all_to_all", x, tag=tag, record=True, groups=groups)
+        self._record("all_to_all", x, tag=tag, record=record, groups=groups)
         return self._all_to_all(x, groups)
 
     def _all_to_all(self, x, groups):
@@ -90,6 +90,16 @@ class SimulatedCollective(Collective):
         self.record_peers([(r, (r + offset) % p) for r in range(p)], x[0].numel() * x.element_size(),
                           op="shift", tag=tag)
         return torch.roll(x, shifts=offset, dims=0)
+
+    def send_recv(self, x, *, pairs, tag=""):
+        self._check(x)
+        pairs = self._check_pairs(pairs)
+        self.record_peers(pairs, x[0].numel() * x.element_size(), op="send_recv", tag=tag)
+        out = torch.zeros_like(x)
+        if pairs:
+            src, dst = (list(v) for v in zip(*pairs))
+            out[dst] = x[src]
+        return out
 
     def server_reduce(self, x, *, weights, ranks, tag=""):
         self._check(x)

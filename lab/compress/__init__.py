@@ -19,6 +19,7 @@ from lab.compress.cast import HalfPrecision
 from lab.compress.channel import Channel
 from lab.compress.error_feedback import EF21, FEEDBACK, EControl, ErrorFeedback, NoFeedback
 from lab.compress.fedzip import FedZip
+from lab.compress.fp4 import FP4E3M0
 from lab.compress.powersgd import PowerSGD
 from lab.compress.qsgd import QSGD
 from lab.compress.quantize import IntQuantizer
@@ -27,10 +28,7 @@ from lab.compress.sign import MajorityVote, ScaledSign
 from lab.compress.threesfc import ThreeSFC
 from lab.compress.topk import TopK
 
-COMPRESSORS = ("none", "fp16", "bf16", "int8", "int4", "topk", "randk", "qsgd", "sign", "majority_vote", "powersgd",
-               "fedzip", "3sfc")
-#: compressors that take no error feedback (config validation refuses any other than 'none')
-NO_FEEDBACK = ("majority_vote",)
+from lab.compress.registry import COMPRESSORS, NO_FEEDBACK
 
 
 def make_compressor(name: str, *, ratio: float = 1.0, shapes=None, dim: int | None = None, seed: int = 0,
@@ -53,6 +51,8 @@ def make_compressor(name: str, *, ratio: float = 1.0, shapes=None, dim: int | No
         return HalfPrecision(name)
     if name in ("int8", "int4"):
         return IntQuantizer(bits=int(name[3:]), seed=seed)
+    if name == "fp4":  # E3M0 4-bit float (lab/compress/fp4.py)
+        return FP4E3M0()
     if name == "topk":
         return TopK(ratio=ratio)
     if name == "randk":
@@ -78,14 +78,16 @@ def make_compressor(name: str, *, ratio: float = 1.0, shapes=None, dim: int | No
     raise ValueError(f"compressor={name!r} is unknown; allowed: {list(COMPRESSORS)}")
 
 
-def make_feedback(name: str, compressor: Compressor, *, eta: float = 0.1):
+def make_feedback(name: str, compressor: Compressor, *, eta: float = 0.0):
+    """The error-feedback wrapper `name` around `compressor`; `eta` is EControl's η as the config's
+    `econtrol_eta` reads: 0 picks the compressor's contraction δ (k/d for top-k) at the vector's d."""
     if name not in FEEDBACK:
         raise ValueError(f"error_feedback={name!r} is unknown; allowed: {sorted(FEEDBACK)}")
     if compressor.name in NO_FEEDBACK and name != "none":
         raise ValueError(f"error_feedback={name!r} is invalid with compressor={compressor.name!r}: "
                          f"expected 'none' (the vote is not an estimate of the vector)")
     if name == "econtrol":
-        return EControl(compressor, eta=eta)
+        return EControl(compressor, eta=eta or None)
     return FEEDBACK[name](compressor)
 
 
@@ -107,7 +109,7 @@ def make_channel(config, ctx) -> Channel:
         extra = dict(model=cluster.model, unflatten=cluster.unflatten, input_dim=x.shape[1], num_classes=out.shape[1])
     comp = make_compressor(config.compressor, ratio=config.compression_ratio, shapes=cluster.shapes, seed=config.seed,
                            scaled=config.error_feedback == "none", **extra)
-    return Channel(comp, make_feedback(config.error_feedback, comp, eta=getattr(config, "econtrol_eta", 0.1)))
+    return Channel(comp, make_feedback(config.error_feedback, comp, eta=getattr(config, "econtrol_eta", 0.0)))
 
 
 __all__ = [

@@ -15,11 +15,18 @@ seeded by (compressor seed, call count, global rank of the row): never the
 global RNG, so a rank draws the same numbers simulated or under
 torch.distributed, and a receiver can regenerate what a shared seed implies.
 
-How packets cross ranks is part of the compressor too (`reduce` for
-data-parallel averaging, `server_reduce` for a federated uplink): by default
-packets are all-gathered (sparse payloads do not sum in an all-reduce) and
-every rank decodes them; compressors whose payloads do sum (fp16) or that need
-several rounds (PowerSGD) override it.
+Layout: a flat vector is the concatenation of parameter tensors; `piece(segments,
+share)` gives a fresh compressor for a vector (or a chunk of one) laid out as
+`segments` (tensor lengths), and compressors with a `scope` (top-k, scaled
+sign, QSGD) work per segment with scope='layer' (the spec's default: per
+parameter tensor) or over the whole vector with scope='global'.
+
+How packets cross ranks is `lab.compress.exchange`: the compressed all-reduce
+(all-gather of encoded messages, two-phase, parameter server; the topology
+chooses, `lab.topology.compressed`) and the federated uplink. `reduce` is the
+all-gather and `server_reduce` the uplink; compressors whose payloads sum
+(fp16, none) or that need several rounds of all-reduce (PowerSGD) override
+`reduce`.
 """
 from __future__ import annotations
 
@@ -50,6 +57,10 @@ class Compressor(ABC):
     error_vs_aggregate: bool = False
     #: how the `compression_ratio` knob maps to this compressor's own parameter (for the UI)
     knob: str = ""
+    #: lengths of the parameter tensors the vectors are made of (None: one segment); see `piece`
+    segments: tuple | None = None
+    #: 'layer' (per segment) or 'global', for compressors that read it (top-k, scaled sign, QSGD)
+    scope: str = "global"
 
     seed: int = 0
     calls: int = 0  # compress calls so far (part of every per-row seed)
@@ -69,6 +80,20 @@ class Compressor(ABC):
         flat order). Layout-free compressors return a copy; PowerSGD and FedZip use the shapes."""
         return copy.deepcopy(self)
 
+    def piece(self, segments: Sequence[int], share: float = 1.0) -> Compressor:
+        """A fresh compressor (call count 0) for vectors laid out as `segments` (tensor lengths, in order)
+        that hold `share` of the coordinates of the vector the knobs were set for (a chunk of it: compressors
+        with an explicit count, such as top-k's k, scale it)."""
+        c = copy.deepcopy(self)
+        c.segments, c.calls = tuple(int(x) for x in segments), 0
+        return c
+
+    def segment_lengths(self, d: int) -> tuple[int, ...]:
+        """The segments a d-vector is compressed in: its tensors under scope='layer', else one."""
+        if self.scope == "layer" and self.segments and sum(self.segments) == d:
+            return self.segments
+        return (d,)
+
     def contraction(self, d: int) -> float | None:
         return self.delta
 
@@ -80,8 +105,8 @@ class Compressor(ABC):
         return ""
 
     @staticmethod
-    def measured_ratio(packet: Packet, d: int) -> float:
-        """Encoded bytes over dense fp32 bytes of the same message."""
+    def payload_ratio(packet: Packet, d: int) -> float:
+        """Encoded bytes of one message over its dense fp32 bytes 4d (the metrics column `payload_ratio`)."""
         return packet.nbytes() / (4 * d)
 
     # ---- randomness ------------------------------------------------------------------------------
@@ -96,23 +121,24 @@ class Compressor(ABC):
 
     # ---- across ranks ------------------------------------------------------------------------------
     def aggregate(self, decoded: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Every rank's decoded message (P, d) and weights (P,) -> the aggregate (d,), ascending rank order."""
-        return ordered_sum(decoded, weights)
+        """Every rank's decoded message (P, d) and weights (P,) -> the aggregate (d,), ascending rank order.
+
+        Summed in the wider of the messages' and the weights' dtypes and returned in it: a caller that
+        passes float64 weights (a federated server: aggregation weights, control variates) gets a float64
+        sum of the fp32 messages, so its state stays consistent with the clients' to float64 precision."""
+        return ordered_sum(decoded.to(torch.promote_types(decoded.dtype, weights.dtype)), weights)
 
     def reduce(self, v: torch.Tensor, collective, *, tag: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-        """Average `v (n, d)` over all ranks through `collective`.
+        """Average `v (n, d)` over all ranks by all-gathering the encoded messages (one Ledger entry,
+        op 'compressed_all_reduce', algorithm 'all_gather'); `lab.compress.Channel` chooses among the
+        algorithms instead.
 
         Returns (local (n, d): what the receivers decode of this process's rows,
         mean (d,): the aggregate every rank ends with). Sets `last_nbytes`.
         """
-        packet = self.compress(v, ranks=collective.ranks)
-        self.last_nbytes = packet.nbytes()
-        gathered = gather_packet(collective, packet, tag=tag)  # tensors (n, P, ...), the same on every rank
-        decoded = self.decompress(gathered.map(lambda t: t[0]))  # (P, d)
-        p = collective.world_size
-        mean = self.aggregate(decoded, torch.full((p,), 1.0 / p))
-        local = decoded[collective.ranks]
-        return local, mean
+        from lab.compress.exchange import all_gather
+
+        return all_gather(self, v, collective, tag=tag)
 
     def server_reduce(self, v: torch.Tensor, collective, *, weights: torch.Tensor, ranks: list[int],
                       tag: str = "") -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,16 +146,11 @@ class Compressor(ABC):
 
         v: (n, d) this process's rows (rows of clients not in `ranks` are compressed
         too, so every process sends equal shapes, but neither counted nor used).
-        Returns (local (n, d), aggregate (d,)).
+        Returns (local (n, d), aggregate (d,) in the wider of the decoded messages' and `weights`' dtypes).
         """
-        packet = self.compress(v, ranks=collective.ranks)
-        self.last_nbytes = packet.nbytes()
-        packet = pad_ragged(collective, packet)
-        gathered = collective.server_gather(packet, ranks=ranks, tag=tag)  # tensors (n, P, ...)
-        decoded = self.decompress(gathered.map(lambda t: t[0]))  # (P, d)
-        ranks = sorted(ranks)
-        agg = self.aggregate(decoded[ranks], weights[ranks])
-        return decoded[collective.ranks], agg
+        from lab.compress.exchange import uplink
+
+        return uplink(self, v, collective, weights=weights, ranks=ranks, tag=tag)
 
 
 def pad_ragged(collective, packet: Packet) -> Packet:
@@ -156,9 +177,22 @@ def serialize(packet: Packet, row: int = 0) -> torch.Tensor:
     return torch.cat([t[row].contiguous().reshape(-1).view(torch.uint8) for t in packet.tensors.values()])
 
 
-def gather_packet(collective, packet: Packet, *, tag: str = "") -> Packet:
-    """All-gather a packet (ragged tensors padded first); tensors come back (n, P, ...)."""
-    return collective.all_gather(pad_ragged(collective, packet), tag=tag)
+def serialize_rows(packet: Packet) -> torch.Tensor:
+    """Every row of a packet as its bytes on the wire, (n, nbytes - header) uint8."""
+    n = next(iter(packet.tensors.values())).shape[0]
+    return torch.cat([t.contiguous().reshape(n, -1).view(torch.uint8) for t in packet.tensors.values()], dim=1)
+
+
+def deserialize(rows: torch.Tensor, template: Packet) -> Packet:
+    """(m, >= row bytes) uint8 rows laid out as `template`'s rows (its tensors' names, dtypes and shapes after
+    the rank axis; extra trailing bytes are padding) -> a Packet of m rows with the template's meta."""
+    out, at, m = {}, 0, rows.shape[0]
+    for name, t in template.tensors.items():
+        size = (t.numel() // max(t.shape[0], 1)) * t.element_size()
+        chunk = rows[:, at:at + size].contiguous()
+        out[name] = chunk.view(t.dtype).reshape(m, *t.shape[1:])
+        at += size
+    return Packet(out, template.header_bytes, dict(template.meta))
 
 
 class Identity(Compressor):

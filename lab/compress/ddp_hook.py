@@ -46,7 +46,7 @@ class HookState:
     compressor: Compressor
     error_feedback: str
     collective: DistributedCollective
-    eta: float = 0.1
+    eta: float = 0.0  # EControl's η; 0: the compressor's contraction δ
     step: int = 0
     #: bucket index -> (layout, channel)
     channels: dict = field(default_factory=dict)
@@ -68,12 +68,12 @@ class HookState:
         return known[1]
 
 
-def ddp_comm_hook(compressor: Compressor, *, error_feedback: str = "ef", eta: float = 0.1, process_group=None,
+def ddp_comm_hook(compressor: Compressor, *, error_feedback: str = "ef", eta: float = 0.0, process_group=None,
                   topology: topo.Topology | None = None):
     """(state, hook) for `DistributedDataParallel.register_comm_hook(state, hook)`.
 
     compressor: a commlab compressor (unbound PowerSGD/FedZip are bound per bucket; not 3SFC);
-    error_feedback: 'none' | 'ef' | 'ef21' | 'econtrol' (η = `eta`); topology: what the Ledger
+    error_feedback: 'none' | 'ef' | 'ef21' | 'econtrol' (η = `eta`, 0: the compressor's δ); topology: what the Ledger
     prices messages on (default: one NVLink node of the group's size, or 4×8 multinode above 8 ranks).
     """
     if hasattr(compressor, "set_reference"):

@@ -25,6 +25,7 @@ import math
 
 import torch
 
+from lab.knobs import Knob
 from lab.compress import Channel, TopK, make_feedback
 from lab.compress.base import serialize
 from lab.lora.peft import PeftFederated
@@ -33,6 +34,12 @@ from lab.technique import RoundResult
 
 class CELLM(PeftFederated):
     name = "cellm"
+    label = "CELLM"
+    reads = ("error_feedback", "econtrol_eta")
+    knobs = {
+        "cellm_up_density": Knob(0.1, "fraction of the LoRA update each client sends", low=0.0, low_open=True, high=1.0),
+        "cellm_down_density": Knob(0.25, "fraction of the global LoRA change sent down", low=0.0, low_open=True, high=1.0),
+    }
     mode = "lora"
 
     def setup(self, ctx):
@@ -58,7 +65,7 @@ class CELLM(PeftFederated):
         delta = (u_all - self.view) * active.unsqueeze(1)  # (n, p)
         w = self.weights(ctx, clients)
         self.u = self.u + self.channel.server_reduce(delta, ctx.collective, weights=w, ranks=clients, active=active,
-                                                     tag="lora_up")
+                                                     tag="lora_up").to(self.u.dtype)
         return RoundResult(self.mean_loss(ctx, out, clients), {"clients": len(plan.sampled),
                                                                "trainable": self.peft.size,
                                                                "measured_ratio": self.channel.measured_ratio})

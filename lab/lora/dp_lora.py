@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from lab.knobs import Knob
 from lab.lora.accountant import epsilon
 from lab.lora.peft import PeftFederated
 
@@ -39,6 +40,12 @@ def privatize(update: torch.Tensor, *, clip: float, noise: float, gen: torch.Gen
 
 class DPLoRA(PeftFederated):
     name = "dp_lora"
+    label = "DP-LoRA"
+    knobs = {
+        "dp_clip": Knob(1.0, "clipping norm C of a client's update", low=0.0, low_open=True, high=1e6),
+        "dp_noise": Knob(0.3, "noise multiplier sigma (noise std sigma * C)", low=0.0, low_open=True, high=1e6),
+        "dp_delta": Knob(1e-5, "the delta of the reported (epsilon, delta)", low=0.0, low_open=True, high=1.0, high_open=True),
+    }
     mode = "lora"
 
     def aggregate(self, ctx, u_all, clients):

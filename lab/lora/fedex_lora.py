@@ -52,6 +52,7 @@ def fedex_aggregate(peft: PeftMap, base: torch.Tensor, u: torch.Tensor, weights:
 
 class FedExLoRA(PeftFederated):
     name = "fedex_lora"
+    label = "FedEx-LoRA"
     mode = "lora"
 
     def setup(self, ctx):
@@ -73,7 +74,7 @@ class FedExLoRA(PeftFederated):
 
     def aggregate(self, ctx, u_all, clients):
         gathered = ctx.collective.server_gather(u_all, ranks=clients, tag="peft")[0]  # (P, p)
-        w = self.weights(ctx, clients)[clients]
+        w = self.weights(ctx, clients)[clients].to(gathered.dtype)
         self.base, self.u, self.last_payload = fedex_aggregate(self.peft, self.base, gathered[clients], w)
         self.version += 1
         return {"residual_norm": float(self.last_payload.norm())}

@@ -15,8 +15,13 @@ bytes each), each trains P with plain SGD for its local steps, uploads it
 """
 from __future__ import annotations
 
+from lab.knobs import Knob
 from lab.lora.peft import PeftFederated
 
 
 class FedPEFT(PeftFederated):
     name = "fedpeft"
+    label = "FedPEFT"
+    knobs = {
+        "peft_mode": Knob("lora", "what clients train and send (the head always)", choices=("lora", "bias", "head", "full")),
+    }

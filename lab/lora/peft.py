@@ -3,16 +3,25 @@
 `PeftMap` describes a small trainable vector u (p,) and the full parameters it
 yields over a frozen base θ0 (d,):
 
-- `lora`: every weight with ≥ 2 dims except the head gets a LoRA adapter
-  W = W0 + s·B A (A: r × in, B: out × r, conv weights as out × rest; s = α / r),
-  A from N(0, 1/in) drawn from the shared seed (every client starts alike), B = 0;
+- `lora`: LoRA adapters W = W0 + s·B A (A: r × in, B: out × r, conv weights as
+  out × rest; s = α / r), A from N(0, 1/in) drawn from the shared seed (every
+  client starts alike), B = 0. Adapted weights: in the tiny GPT the query and
+  value projections of every block (the rows of the fused `qkv` weight for q
+  and for v), as LoRA (Hu et al. 2021) and FedEx-LoRA's default target
+  modules do; in the other models every weight with ≥ 2 dims except the head;
 - `bias`: the biases (BitFit, FedPEFT-Bias);
 - `head`: nothing else;
 - `full`: every parameter (the full fine-tuning baseline).
 
-The head — the module of the model's last parameter (the classifier) — is
-always trained and sent, as FedPEFT prescribes. The frozen backbone is the
-model the run starts from (downloaded once: not counted per round).
+The head — the module of the model's last parameter — is trained and sent when
+the task's outputs are new to the backbone: a classifier (FedPEFT's rule; the
+digits backbone never saw classes 5–9). A language model fine-tunes on the
+vocabulary it was pre-trained on, so its output layer stays frozen with the
+rest of the backbone (LoRA's setting) except in modes `head` and `full`.
+
+The frozen backbone is the model the run starts from: with `pretrained`
+(lab.pretrain) a network pre-trained on the other part of the data, as these
+papers fine-tune; it is downloaded once, not counted per round.
 
 `PeftFederated` is a federated round (the sampling, fault model and step
 accounting of `lab.sync.federated.Federated`) over u instead of θ: the server
@@ -25,6 +34,7 @@ from __future__ import annotations
 import math
 
 import torch
+from lab.knobs import Knob
 from torch.func import functional_call, grad_and_value, vmap
 
 from lab.sync.faults import RoundPlan
@@ -34,21 +44,40 @@ from lab.technique import RoundResult, TrainContext
 MODES = ("lora", "bias", "head", "full")
 
 
+def lora_targets(cluster) -> list[tuple[int, int, int]]:
+    """(flat offset, out, in) of every weight LoRA adapts (see the module docstring); the head never."""
+    head = cluster.names[-1].rsplit(".", 1)[0]
+    out = []
+    for name, shape, lo in zip(cluster.names, cluster.shapes, cluster.offsets):
+        if name.endswith("qkv.weight"):  # fused (3C, C): q rows first, then k, then v (lab.models.Block)
+            c = shape[1]
+            out += [(lo, c, c), (lo + 2 * c * c, c, c)]  # query and value
+        elif len(shape) >= 2 and name.rsplit(".", 1)[0] != head and not _is_gpt(cluster):
+            out.append((lo, shape[0], math.prod(shape[1:])))
+    return out
+
+
+def _is_gpt(cluster) -> bool:
+    return any(n.endswith("qkv.weight") for n in cluster.names)
+
+
 class PeftMap:
-    def __init__(self, cluster, *, mode: str, rank: int = 4, alpha: float = 8.0, seed: int = 0):
+    def __init__(self, cluster, *, mode: str, rank: int = 4, alpha: float = 8.0, seed: int = 0,
+                 train_head: bool = True):
         if mode not in MODES:
             raise ValueError(f"peft_mode={mode!r} is invalid: expected one of {list(MODES)}")
         self.cluster, self.mode, self.rank = cluster, mode, rank
         self.scale = alpha / rank
         head = cluster.names[-1].rsplit(".", 1)[0]
-        direct, self.adapters = [], []  # direct: flat indices trained as they are; adapters: (offset, out, in, r)
+        train_head = train_head or mode in ("head", "full")
+        direct = []  # flat indices trained as they are
         for name, shape, lo, hi in zip(cluster.names, cluster.shapes, cluster.offsets, cluster.offsets[1:]):
             is_head = name.rsplit(".", 1)[0] == head
-            if mode == "full" or is_head or (mode == "bias" and len(shape) == 1):
+            if mode == "full" or (is_head and train_head) or (mode == "bias" and len(shape) == 1 and not is_head):
                 direct.append(torch.arange(lo, hi))
-            elif mode == "lora" and len(shape) >= 2:
-                out, inn = shape[0], math.prod(shape[1:])
-                self.adapters.append((lo, out, inn, min(rank, out, inn)))
+        #: (offset, out, in, r) of each adapted weight
+        self.adapters = [(lo, out, inn, min(rank, out, inn)) for lo, out, inn in lora_targets(cluster)] \
+            if mode == "lora" else []
         self.direct = torch.cat(direct) if direct else torch.zeros(0, dtype=torch.long)  # (p_direct,)
         self.num_direct = len(self.direct)
         self.size = self.num_direct + sum(r * (out + inn) for _, out, inn, r in self.adapters)  # p
@@ -99,14 +128,20 @@ class PeftMap:
 
 class PeftFederated(Federated):
     """A federated round over the trainable vector u of a `PeftMap` (mode from `peft_mode`, or fixed)."""
+    knobs = {
+        "lora_rank": Knob(4, "LoRA rank r", low=1, high=4096),
+        "lora_alpha": Knob(8.0, "LoRA scale alpha (the update is alpha / r * B A)", low=0.0, low_open=True, high=1e6),
+    }
 
     mode: str | None = None  # a fixed mode, or None to read config.peft_mode
+    #: these papers fine-tune a pre-trained model: with pretrained='auto' the run starts from one (lab.pretrain)
+    pretrained_backbone = True
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
         c = self.config
         self.peft = PeftMap(ctx.cluster, mode=self.mode or c.peft_mode, rank=c.lora_rank, alpha=c.lora_alpha,
-                            seed=c.seed)
+                            seed=c.seed, train_head=getattr(ctx.data, "kind", None) != "lm")
         self.base = self.global_row.clone()  # (d,) the frozen backbone
         self.u = self.peft.init(self.base)  # (p,) the global trainable vector
 
@@ -142,7 +177,7 @@ class PeftFederated(Federated):
 
     def weights(self, ctx: TrainContext, clients: list[int]) -> torch.Tensor:
         """(P,) data-size weights over `clients`, zero elsewhere."""
-        w = torch.zeros(ctx.collective.world_size)
+        w = torch.zeros(ctx.collective.world_size, dtype=self.sizes.dtype)
         w[clients] = self.sizes[clients] / self.sizes[clients].sum()
         return w
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lab.sharding.planner import Call, quant_bytes
 from lab.sharding.layout import contiguous_groups, level_groups
+from lab.sharding.planner import Call, quant_bytes
 from lab.topology import Link
 
 TIERS = ("die", "gpu", "node")

@@ -27,8 +27,8 @@ and the flat gradient buffer are padded to a multiple of the group sizes
 (`lab.sharding.layout`), so for the lab models the prediction equals the bytes
 of the tensors a rank holds (`lab.sharding.zero.ZeRO.memory`).
 
-Presets: GPT-2 124M, Llama-2 7B and 70B, Mixtral 8x7B, with parameter counts
-computed from their published shapes.
+Model shapes (`MODEL_SHAPES`): GPT-2 124M, Llama-2 7B and 70B, Mixtral 8x7B,
+with parameter counts computed from their published shapes.
 """
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ class ModelShape:
         return max(self.layer_params(), emb)
 
 
-PRESETS = {
+MODEL_SHAPES = {
     "gpt2-124m": ModelShape("gpt2-124m", 12, 768, 12, 12, 3072, 50257, 1024, style="gpt2"),
     "llama2-7b": ModelShape("llama2-7b", 32, 4096, 32, 32, 11008, 32000, 4096),
     "llama2-70b": ModelShape("llama2-70b", 80, 8192, 64, 8, 28672, 32000, 4096),
@@ -173,7 +173,7 @@ class Partition:
     secondary: int = 0
 
     @classmethod
-    def zero(cls, stage: int, sharding_degree: int, *, hpz_size: int = 0) -> "Partition":
+    def zero(cls, stage: int, sharding_degree: int, *, hpz_size: int = 0) -> Partition:
         if stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage={stage!r} is invalid: expected 0, 1, 2 or 3")
         s = sharding_degree

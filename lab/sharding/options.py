@@ -1,4 +1,4 @@
-"""Validation of the sharding family's config fields; `ExperimentConfig.__post_init__` calls `check(config, bad)`.
+"""Cross-field rules of the sharding family's config fields; `ZeRO.check` calls `check(config, bad)`.
 
 `bad(name, value, allowed)` raises the ValueError every config error uses (field, value, what is allowed).
 """
@@ -7,20 +7,27 @@ from __future__ import annotations
 from lab import topology as topo
 from lab.sharding.layout import divisors
 
-SHARDED = ("zero",)
+ZEROPP_FLAGS = ("qwz", "hpz", "qgz")
+
+
+def parse_zeropp(value: str) -> frozenset[str]:
+    """'none' or e.g. 'qwz+hpz' -> {'qwz', 'hpz'}; raises ValueError for unknown flags."""
+    if value in ("", "none"):
+        return frozenset()
+    flags = value.split("+")
+    bad = [f for f in flags if f not in ZEROPP_FLAGS]
+    if bad or len(set(flags)) != len(flags):
+        raise ValueError(f"zeropp={value!r} is invalid: expected 'none' or a '+'-joined subset of {list(ZEROPP_FLAGS)}")
+    return frozenset(flags)
 
 
 def check(c, bad) -> None:
-    from lab.sharding.zero import parse_zeropp
-
-    if c.sharding_degree < 0 or (c.sharding_degree and c.num_workers % c.sharding_degree):
+    if c.sharding_degree and c.num_workers % c.sharding_degree:
         bad("sharding_degree", c.sharding_degree, f"0 (all workers) or a divisor of num_workers={c.num_workers}: "
             f"{divisors(c.num_workers)}")
-    if c.hpz_size < 0 or (c.hpz_size and c.num_workers % c.hpz_size):
+    if c.hpz_size and c.num_workers % c.hpz_size:
         bad("hpz_size", c.hpz_size, f"0 (ranks per node) or a divisor of num_workers={c.num_workers}: "
             f"{divisors(c.num_workers)}")
-    if c.quant_block < 1:
-        bad("quant_block", c.quant_block, "an integer >= 1")
     try:
         flags = parse_zeropp(c.zeropp)
     except ValueError as e:

@@ -37,8 +37,7 @@ import pandas as pd
 
 from lab.comm.collective import group_cost
 from lab.sharding.layout import ShardLayout, divisors, level_groups
-from lab.sharding.memory import (MIXED_ADAM, RECOMPUTE, ModelShape, Profile, activation_bytes, memory_per_rank,
-                                 Partition)
+from lab.sharding.memory import MIXED_ADAM, RECOMPUTE, ModelShape, Partition, Profile, activation_bytes, memory_per_rank
 from lab.topology import LINK_CLASSES, Topology
 
 

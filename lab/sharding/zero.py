@@ -49,23 +49,12 @@ import torch
 import torch.nn.functional as F
 
 from lab.compress.quantize import IntQuantizer
+from lab.knobs import Knob, bad
 from lab.sharding.adam_mini import split_blocks as split_blocks_of
 from lab.sharding.hierarchy import hierarchical_reduce_scatter
 from lab.sharding.layout import ShardLayout
-from lab.technique import RoundResult, Technique, TrainContext
-
-ZEROPP_FLAGS = ("qwz", "hpz", "qgz")
-
-
-def parse_zeropp(value: str) -> frozenset[str]:
-    """'none' or e.g. 'qwz+hpz' -> {'qwz', 'hpz'}; raises ValueError for unknown flags."""
-    if value in ("", "none"):
-        return frozenset()
-    flags = value.split("+")
-    bad = [f for f in flags if f not in ZEROPP_FLAGS]
-    if bad or len(set(flags)) != len(flags):
-        raise ValueError(f"zeropp={value!r} is invalid: expected 'none' or a '+'-joined subset of {list(ZEROPP_FLAGS)}")
-    return frozenset(flags)
+from lab.sharding.options import parse_zeropp
+from lab.technique import LOCAL_OPTIMIZER, RoundResult, Technique, TrainContext
 
 
 def tensor_bytes(*tensors) -> int:
@@ -74,6 +63,24 @@ def tensor_bytes(*tensors) -> int:
 
 class ZeRO(Technique):
     name = "zero"
+    label = "ZeRO"
+    reads = LOCAL_OPTIMIZER
+    label_knobs = ("zero_stage", "sharding_degree")
+    knobs = {
+        "zero_stage": Knob(3, "model states sharded: 1 optimizer states, 2 + gradients, 3 + parameters", choices=(1, 2, 3)),
+        "sharding_degree": Knob(0, "ranks sharing one copy of the model state, S (0 = all workers; a divisor of num_workers; S < num_workers replicates it R = num_workers/S times)", low=0, high=100_000),
+        "zeropp": Knob("none", "zero stage 3: ZeRO++ options, 'none' or a '+'-joined subset of qwz (int8 weight gather), hpz (node-local secondary weights), qgz (int4 2-hop gradient reduction)"),
+        "hpz_size": Knob(0, "ranks per secondary-partition group (0 = ranks per node)", low=0, high=100_000, read_when=lambda c: "hpz" in c.zeropp, why="only zeropp with 'hpz' reads it"),
+        "quant_block": Knob(256, "values per fp32 scale in block-wise quantization", low=1, high=2**24, read_when=lambda c: "qwz" in c.zeropp or "qgz" in c.zeropp, why="only zeropp with 'qwz' or 'qgz' reads it"),
+        "reduce_levels": Knob("flat", "zero (sharding_degree = all): gradient reduction: one reduce-scatter, or hierarchical all-to-alls by node (ZeRO++'s 2 hops) or by die, GPU and node (Frontier's 3)", choices=("flat", "node", "die+node")),
+        "dies_per_gpu": Knob(2, "ranks per GPU (a divisor of the ranks per node)", low=1, high=1024, read_when=lambda c: c.reduce_levels == "die+node", why="only reduce_levels='die+node' reads it"),
+    }
+
+    @classmethod
+    def check(cls, c) -> None:
+        from lab.sharding import options
+
+        options.check(c, bad)
 
     def setup(self, ctx: TrainContext) -> None:
         c, coll = self.config, ctx.collective
@@ -93,7 +100,7 @@ class ZeRO(Technique):
         self.grad_quant = IntQuantizer(bits=4, block=c.quant_block) if "qgz" in self.flags else None
         full = self._pad(ctx.cluster.params.detach())  # (n, d_pad)
         self.master = self._my_slice(full, lay.sharding_degree).clone()  # (n, c): the optimizer's slice
-        from lab.experiment import make_optimizer
+        from lab.optim import make_optimizer
 
         self.coll = coll
         self.optimizer = make_optimizer(c, self.master, cluster=ctx.cluster, layout=self)
@@ -267,17 +274,3 @@ class ZeRO(Technique):
         with torch.no_grad():
             self.master.copy_(state["master"])
         self.optimizer.load_state_dict(state["optimizer"])
-
-
-def held_memory(config) -> tuple[dict[str, int], int]:
-    """Set up `config` (technique 'zero'), take one step, and return what each rank holds by category
-    (`ZeRO.memory`) and the model's parameter count."""
-    from lab.experiment import TECHNIQUES, build_context
-
-    if config.technique != "zero":
-        raise ValueError(f"technique={config.technique!r} is invalid here: held_memory measures 'zero'")
-    ctx, _ = build_context(config.replace(steps=1))
-    technique = TECHNIQUES["zero"](config)
-    technique.setup(ctx)
-    technique.round(ctx)
-    return technique.memory, ctx.cluster.dim

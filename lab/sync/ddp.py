@@ -22,12 +22,20 @@ from __future__ import annotations
 
 import torch
 
+from lab.knobs import Knob
 from lab.compress import make_channel
-from lab.technique import RoundResult, Technique, TrainContext
+from lab.technique import LOCAL_OPTIMIZER, RoundResult, Technique, TrainContext
 
 
 class DDP(Technique):
     name = "ddp"
+    label = "DDP"
+    reads = LOCAL_OPTIMIZER
+    compressor_path = "gradient"
+    knobs = {
+        "overlap": Knob(False, "bucketed gradient all-reduce overlaps the backward pass on the simulated clock"),
+        "num_buckets": Knob(4, "gradient buckets, each all-reduced when its backward slice is done", low=1, high=10_000, read_when=lambda c: c.overlap, why="only overlap=True reads it"),
+    }
 
     def setup(self, ctx: TrainContext) -> None:
         self.channel = make_channel(self.config, ctx)

@@ -17,16 +17,26 @@ SGD with the inner optimizer); with one worker it is the inner optimizer alone.
 Outer lr 0.7 with Nesterov 0.9 deliberately moves past the average.
 
 Sent per round: the pseudo-gradient, d fp32 values per rank, in one all-reduce
-every H steps: 1/H of DDP's bytes. Knobs: `sync_period` (H), `optimizer`,
-`lr`, `lr_schedule`, `warmup_steps` (inner; the paper uses AdamW, lr 4e-4,
-cosine), `outer_lr` (0.7), `outer_momentum` (0.9). The last round is shortened
-to the steps left. The evaluated model is the global θ_g.
+every H steps: 1/H of DDP's bytes. With a `compressor` (compressor path
+'outer_gradient') the outer gradients Δ_m go through the periodic base's
+compressed channel (`lab.compress.make_channel`: the compressed collective
+algorithm, with `error_feedback`), and the outer step takes the decoded mean;
+the global copy and the outer optimizer stay fp32. The metrics column
+`measured_ratio` is then the message's encoded over dense bytes.
+
+Knobs: `sync_period` (H), `optimizer`, `lr`, `lr_schedule`, `warmup_steps`
+(inner; the paper uses AdamW, lr 4e-4, cosine), `outer_lr` (0.7),
+`outer_momentum` (0.9), the compressor's. The last round is shortened to the
+steps left (the round is `lab.sync.periodic`'s). The evaluated model is the
+global θ_g.
 """
 from __future__ import annotations
 
 import torch
 
-from lab.technique import RoundResult, Technique, TrainContext
+from lab.knobs import Knob
+from lab.sync.periodic import PeriodicSync
+from lab.technique import TrainContext
 
 
 def outer_nesterov_(theta: torch.Tensor, buf: torch.Tensor, delta: torch.Tensor, *, lr: float,
@@ -40,28 +50,34 @@ def outer_nesterov_(theta: torch.Tensor, buf: torch.Tensor, delta: torch.Tensor,
     theta.sub_(step, alpha=lr)
 
 
-class DiLoCo(Technique):
+class DiLoCo(PeriodicSync):
     name = "diloco"
+    label = "DiLoCo"
+    compressor_path = "outer_gradient"
+    knobs = {
+        "outer_lr": Knob(0.7, "outer SGD learning rate", low=0.0, low_open=True, high=1e3),
+        "outer_momentum": Knob(0.9, "outer Nesterov momentum", low=0.0, high=1.0, high_open=True),
+    }
 
     def setup(self, ctx: TrainContext) -> None:
+        super().setup(ctx)
         self.global_row = ctx.cluster.params.detach()[0].clone()  # (d,) θ_g, the same on every rank
         self.buf = torch.zeros_like(self.global_row)  # (d,) outer momentum
 
-    def round(self, ctx: TrainContext) -> RoundResult:
+    def sync(self, ctx: TrainContext) -> dict:
         c = self.config
-        h = min(c.sync_period, c.steps - ctx.step)
-        losses = torch.stack([ctx.local_step() for _ in range(h)])  # (h, n)
-        delta = self.global_row - ctx.cluster.params.detach()  # (n, d) pseudo-gradients
-        mean = ctx.collective.all_reduce(delta, op="mean", tag="pseudo_grad")[0]  # (d,)
+        delta = self.global_row - ctx.cluster.params.detach()  # (n, d) outer gradients (pseudo-gradients)
+        mean = self.average(ctx, delta, tag="pseudo_grad", reference=self.global_row)  # (d,)
         outer_nesterov_(self.global_row, self.buf, mean, lr=c.outer_lr, momentum=c.outer_momentum)
         ctx.cluster.set_rows(self.global_row)
-        return RoundResult(ctx.collective.mean_metric(losses.mean(0)), {"sync_period": h})
+        return self.compression_columns()
 
     def model_row(self, ctx: TrainContext) -> torch.Tensor:
         return self.global_row
 
     def state_dict(self) -> dict:
-        return {"global_row": self.global_row, "buf": self.buf}
+        return {**super().state_dict(), "global_row": self.global_row, "buf": self.buf}
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         self.global_row, self.buf = state["global_row"], state["buf"]

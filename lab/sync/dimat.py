@@ -39,9 +39,10 @@ import copy
 
 import numpy as np
 import torch
+from lab.knobs import Knob, bad
 from scipy.optimize import linear_sum_assignment
 
-from lab.technique import RoundResult, Technique, TrainContext
+from lab.technique import LOCAL_OPTIMIZER, RoundResult, Technique, TrainContext
 
 MATCH_EXAMPLES = 256  # examples of the agent's own data used for activation statistics
 
@@ -87,6 +88,18 @@ def merge(cluster, own: torch.Tensor, others: list[torch.Tensor], weights: list[
 
 class DIMAT(Technique):
     name = "dimat"
+    label = "DIMAT"
+    reads = LOCAL_OPTIMIZER + ("sync_period",)
+    label_knobs = ("sync_period",)
+    knobs = {
+        "dimat_matching": Knob("activation", "align neighbours' neurons before merging, or plain averaging", choices=("activation", "none")),
+        "dimat_graph": Knob("ring", "agents' communication graph", choices=("ring", "full")),
+    }
+
+    @classmethod
+    def check(cls, c) -> None:
+        if c.model != "mlp":
+            bad("model", c.model, "'mlp' for technique='dimat' (its neuron alignment permutes the MLP's hidden units)")
 
     def setup(self, ctx: TrainContext) -> None:
         c, cl = self.config, ctx.cluster

@@ -2,7 +2,7 @@
 
 Paper: Lian et al. 2017, "Can Decentralized Algorithms Outperform Centralized
 Algorithms? A Case Study for Decentralized Parallel Stochastic Gradient
-Descent". There is no all-reduce: after every `gossip_period` H local steps
+Descent". There is no all-reduce: after every `sync_period` H local steps
 each rank i replaces its parameters by Σ_j W[i, j] x_j, with W the mixing
 matrix of the gossip graph (`lab.gossip`; the one-peer exponential graph
 changes with the gossip round). Sent per gossip round: the parameters, d fp32
@@ -13,21 +13,41 @@ The metrics column `consensus_distance` is sqrt(1/n Σ_i ‖x_i − x̄‖²) ri
 after mixing (an observer's view, not sent); `spectral_gap` is the graph's
 1 − |λ₂|. The evaluated model is the average x̄. With the complete graph and
 H = 1 (plain SGD) every rank holds x̄ − lr·mean(g): DDP, up to float
-association. Knobs: `graph`, `gossip_period`, `graph_degree` (random_regular),
-`seed` (the random graph). Optimizer state stays local.
+association. The paper's algorithm gossips after every step (H = 1); H > 1 is
+periodic gossip with local steps in between (the round is `lab.sync.periodic`'s,
+so H is the shared `sync_period` knob and its default, 16). Knobs: `graph`,
+`sync_period`, `graph_degree` (random_regular), `seed` (the random graph).
+Optimizer state stays local.
 """
 from __future__ import annotations
 
 import torch
 
-from lab.gossip import TIME_VARYING, describe, mixing_matrix
-from lab.technique import RoundResult, Technique, TrainContext
+from lab.gossip import GRAPHS, TIME_VARYING, describe, mixing_matrix
+from lab.knobs import Knob, bad
+from lab.sync.periodic import PeriodicSync
+from lab.technique import TrainContext
 
 
-class DPSGD(Technique):
+class DPSGD(PeriodicSync):
     name = "dpsgd"
+    label = "D-PSGD"
+    label_knobs = ("graph",)
+    knobs = {
+        "graph": Knob("ring", "gossip graph", choices=GRAPHS),
+        "graph_degree": Knob(4, "neighbours per rank", low=1, high=100_000, read_when=lambda c: c.graph == "random_regular", why="only graph='random_regular' reads it"),
+    }
+
+    @classmethod
+    def check(cls, c) -> None:
+        if c.graph == "random_regular":
+            try:
+                mixing_matrix("random_regular", c.num_workers, degree=c.graph_degree, seed=c.seed)
+            except ValueError as e:
+                bad("graph_degree", c.graph_degree, str(e).split(": ", 1)[-1])
 
     def setup(self, ctx: TrainContext) -> None:
+        super().setup(ctx)
         c = self.config
         self.gossip_rounds = 0
         self.fixed = None if c.graph in TIME_VARYING else self._weights(ctx, 0)
@@ -38,21 +58,18 @@ class DPSGD(Technique):
         w = mixing_matrix(c.graph, ctx.collective.world_size, t=t, degree=c.graph_degree, seed=c.seed)
         return torch.tensor(w, dtype=torch.float32)
 
-    def round(self, ctx: TrainContext) -> RoundResult:
-        h = min(self.config.gossip_period, self.config.steps - ctx.step)
-        losses = torch.stack([ctx.local_step() for _ in range(h)])  # (h, n)
+    def sync(self, ctx: TrainContext) -> dict:
         w = self.fixed if self.fixed is not None else self._weights(ctx, self.gossip_rounds)
         mixed = ctx.collective.mix(ctx.cluster.params.detach(), weights=w, tag="params")  # (n, d)
         ctx.cluster.set_rows(mixed)
         self.gossip_rounds += 1
-        return RoundResult(ctx.collective.mean_metric(losses.mean(0)),
-                           {"consensus_distance": consensus_distance(ctx), "spectral_gap": self.gap,
-                            "gossip_period": h})
+        return {"consensus_distance": consensus_distance(ctx), "spectral_gap": self.gap}
 
     def state_dict(self) -> dict:
-        return {"gossip_rounds": self.gossip_rounds}
+        return {**super().state_dict(), "gossip_rounds": self.gossip_rounds}
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         self.gossip_rounds = state["gossip_rounds"]
 
 

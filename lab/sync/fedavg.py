@@ -9,7 +9,8 @@ global model (downlink, d fp32 each), each client runs E·⌈n_i/B⌉ plain-SGD
 steps on its own data (clients with more data do more steps; `local_steps`
 fixes the count instead), and uploads its model (uplink, d fp32 each); the
 server sets x = Σ_i (n_i / Σ_j n_j) y_i over the clients that took part,
-accumulated in ascending client order.
+accumulated in ascending client order in float64 (weights too), then stored in
+the run's dtype.
 
 Knobs: `client_fraction` C, `local_epochs` E (or `local_steps`), `batch_size` B,
 `lr`, `momentum` (a fresh momentum buffer each round: clients are stateless),
@@ -41,6 +42,8 @@ __all__ = ["FedAvg", "sample_clients"]
 
 class FedAvg(Federated):
     name = "fedavg"
+    label = "FedAvg"
+    compressor_path = "uplink"
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
@@ -62,7 +65,7 @@ class FedAvg(Federated):
     def aggregate(self, ctx: TrainContext, out: LocalTraining, clients: list[int]) -> None:
         """x = Σ_i (n_i / Σ_j n_j) y_i over `clients` (sign-flipping clients upload x − s·(y − x))."""
         uploads = self.faults.flip(ctx.cluster.params.detach(), self.global_row, ctx.cluster.ranks)  # (n, d)
-        weights = torch.zeros(ctx.collective.world_size)
+        weights = torch.zeros(ctx.collective.world_size, dtype=torch.float64)  # the server sums in float64
         weights[clients] = self.sizes[clients] / self.sizes[clients].sum()
         if self.channel.dense:
             self.global_row = ctx.collective.server_reduce(uploads, weights=weights, ranks=clients,
@@ -75,4 +78,4 @@ class FedAvg(Federated):
         self.channel.set_reference(self.global_row)
         update = self.channel.server_reduce(delta, ctx.collective, weights=weights, ranks=clients, active=active,
                                             tag="update")
-        self.global_row = self.global_row + update
+        self.global_row = (self.global_row + update).to(self.global_row.dtype)

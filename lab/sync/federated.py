@@ -22,6 +22,7 @@ client over its steps (SCAFFOLD's control variate, robust to momentum).
 from __future__ import annotations
 
 import math
+from lab.knobs import Knob, bad
 from dataclasses import dataclass
 
 import torch
@@ -47,12 +48,36 @@ class LocalTraining:
 
 
 class Federated(Technique):
+    federated = True
+    reads = ("momentum", "weight_decay")
+    knobs = {
+        "client_fraction": Knob(1.0, "fraction of clients sampled per round", low=0.0, low_open=True, high=1.0),
+        "local_epochs": Knob(1, "local epochs per round (fedavg)", low=1, high=10_000, read_when=lambda c: c.local_steps == 0, why="local_steps > 0 sets the local steps instead"),
+        "local_steps": Knob(0, "local steps per round (0 = local_epochs x ceil(n_i / B))", low=0, high=10**6),
+        "dropout_prob": Knob(0.0, "probability a sampled client drops out of a round", low=0.0, high=1.0, high_open=True),
+        "straggler_prob": Knob(0.0, "probability a sampled client is a straggler", low=0.0, high=1.0, high_open=True),
+        "round_deadline": Knob(0.0, "the server's deadline in multiples of the round's nominal compute time (0 = wait for every client)", low=1.0, high=1e6, special=(0.0,)),
+        "clients_stop": Knob(0, "clients that stop responding for good (chosen by the seed)", low=0, high=100_000),
+        "stop_round": Knob(0, "the round from which those clients stop", low=0, high=10**6, read_when=lambda c: c.clients_stop > 0, why="only clients_stop > 0 reads it"),
+        "byzantine_clients": Knob(0, "clients that upload sign-flipped updates (chosen by the seed)", low=0, high=100_000),
+        "byzantine_scale": Knob(1.0, "a sign-flipping client sends x - scale * (y - x)", low=0.0, low_open=True, high=1e6, read_when=lambda c: c.byzantine_clients > 0, why="only byzantine_clients > 0 reads it"),
+    }
     budget = "rounds"
+
+    @classmethod
+    def check(cls, c) -> None:
+        if c.clients_stop > c.num_workers:
+            bad("clients_stop", c.clients_stop, f"at most num_workers={c.num_workers}")
+        if c.byzantine_clients and c.byzantine_clients >= c.num_workers:
+            bad("byzantine_clients", c.byzantine_clients, f"fewer than num_workers={c.num_workers}")
+        if c.compressor == "powersgd" and cls.compressor_path == "uplink":
+            bad("compressor", c.compressor, f"a compressor whose messages a server decodes one by one for "
+                f"technique={c.technique!r} (PowerSGD needs all-reduces among the workers)")
 
     def setup(self, ctx: TrainContext) -> None:
         self.global_row = ctx.cluster.params.detach()[0].clone()  # (d,) every rank starts from the same init
         self.sizes = torch.tensor([ctx.batches.shard_size(r) for r in range(ctx.collective.world_size)],
-                                  dtype=torch.float32)  # (P,) n_i
+                                  dtype=torch.float64)  # (P,) n_i; float64: the server's weights n_i / Σ n_j
         self.faults = ClientFaults.from_config(self.config, ctx.collective.world_size)
         self.stalled: RoundPlan | None = None
 

@@ -16,11 +16,16 @@ from __future__ import annotations
 
 import torch
 
+from lab.knobs import Knob
 from lab.sync.fedavg import FedAvg
 
 
 class FedProx(FedAvg):
     name = "fedprox"
+    label = "FedProx"
+    knobs = {
+        "prox_mu": Knob(0.01, "proximal term mu", low=0.0, high=1e3),
+    }
 
     def direction(self, g: torch.Tensor, y: torch.Tensor, mine: list[int]) -> torch.Tensor:
         return g + self.config.prox_mu * (y - self.global_row)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import torch
 
+from lab.knobs import Knob
 from lab.comm.packet import Packet
 from lab.compress.packing import pack_bits, unpack_bits
 from lab.sync.faults import RoundPlan
@@ -46,6 +47,11 @@ def vote_seed(seed: int, round_index: int, client: int) -> int:
 
 class FedVote(Federated):
     name = "fedvote"
+    label = "FedVote"
+    knobs = {
+        "fedvote_k": Knob(1.5, "weights are tanh(k * latent)", low=0.0, low_open=True, high=1e3),
+        "fedvote_levels": Knob("binary", "what clients upload per weight", choices=("binary", "ternary")),
+    }
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)

@@ -39,6 +39,7 @@ import math
 import numpy as np
 import torch
 
+from lab.knobs import Knob, bad
 from lab.sync.faults import RoundPlan
 from lab.sync.federated import Federated
 from lab.technique import RoundResult, TrainContext
@@ -55,6 +56,18 @@ def order(peers, round_index: int) -> list[int]:
 
 class MoDeST(Federated):
     name = "modest"
+    label = "MoDeST"
+    label_knobs = ("modest_aggregators",)
+    knobs = {
+        "modest_aggregators": Knob(1, "aggregators a per round (1..num_workers)", low=1, high=100_000),
+        "success_fraction": Knob(1.0, "fraction of the sample's models an aggregator waits for", low=0.0, low_open=True, high=1.0),
+    }
+
+    @classmethod
+    def check(cls, c) -> None:
+        super().check(c)
+        if c.modest_aggregators > c.num_workers:
+            bad("modest_aggregators", c.modest_aggregators, f"an integer in [1, num_workers={c.num_workers}]")
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import torch
 
+from lab.knobs import Knob
 from lab.sync.faults import RoundPlan
 from lab.sync.federated import Federated
 from lab.technique import RoundResult, TrainContext
@@ -44,6 +45,12 @@ from lab.technique import RoundResult, TrainContext
 
 class PGFed(Federated):
     name = "pgfed"
+    label = "PGFed"
+    knobs = {
+        "pgfed_mu": Knob(0.1, "weight mu of the other clients' approximated risks", low=0.0, high=1e3),
+        "pgfed_lambda": Knob(0.01, "step size of the per-client weights a_ij", low=0.0, high=1e3),
+        "pgfed_beta": Knob(0.0, "momentum on the auxiliary gradient (0 = PGFed, 0.5 = PGFedMo)", low=0.0, high=1.0, high_open=True),
+    }
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)

@@ -12,8 +12,10 @@ rate of the next step:
     H = max(H_base, ⌊(α / η)²⌋), capped by the steps left (and at least 1);
     H = H_base during warm-up or when α = 0 (then QSR is constant-H Local SGD).
 
-The rule is applied only right after an average, never mid-round. Sent per
-round: the parameters, d fp32 values per rank, in one all-reduce, as Local SGD.
+The rule is applied only right after an average, never mid-round. QSR
+overrides only `period` of `lab.sync.periodic`: the round and what is sent are
+Local SGD's — the parameters, d fp32 values per rank, in one all-reduce, or,
+with a `compressor`, the compressed pseudo-gradients.
 
 Knobs: `sync_period` (H_base), `qsr_alpha` (α; SGD and AdamW need very
 different scales, e.g. ≈0.2 for SGD, 0.0175 for the paper's ViT AdamW),
@@ -26,10 +28,9 @@ from __future__ import annotations
 
 import math
 
-import torch
-
+from lab.knobs import Knob
 from lab.sync.local_sgd import LocalSGD
-from lab.technique import RoundResult, TrainContext
+from lab.technique import TrainContext
 
 
 def qsr_period(lr: float, *, alpha: float, h_base: int, step: int, warmup_steps: int, remaining: int) -> int:
@@ -45,13 +46,17 @@ def qsr_period(lr: float, *, alpha: float, h_base: int, step: int, warmup_steps:
 
 class QSR(LocalSGD):
     name = "qsr"
+    label = "QSR"
+    reads = ("lr_schedule", "warmup_steps")
+    label_knobs = ("qsr_alpha",)
+    knobs = {
+        "qsr_alpha": Knob(0.2, "H = max(sync_period, floor((qsr_alpha / lr)^2)) after each sync", low=0.0, high=1e3),
+    }
 
-    def round(self, ctx: TrainContext) -> RoundResult:
+    def period(self, ctx: TrainContext) -> tuple[int, dict]:
+        """QSR's period rule; the round itself (and its compressed path) is Local SGD's."""
         c = self.config
         lr = ctx.lr_now()  # the learning rate right after the last sync (or at the start)
         h = qsr_period(lr, alpha=c.qsr_alpha, h_base=c.sync_period, step=ctx.step, warmup_steps=c.warmup_steps,
                        remaining=c.steps - ctx.step)
-        losses = torch.stack([ctx.local_step() for _ in range(h)])  # (h, n)
-        avg = ctx.collective.all_reduce(ctx.cluster.params.detach(), op="mean", tag="params")
-        ctx.cluster.set_rows(avg)
-        return RoundResult(ctx.collective.mean_metric(losses.mean(0)), {"sync_period": h, "lr": lr})
+        return h, {"sync_period": h, "lr": lr}

@@ -24,6 +24,10 @@ u_i = mean raw gradient − c_i, the client sends δ_i = C(u_i) and sets
 c_i += α·δ_i; the server sets x −= η_g·K·η·(c + mean_S δ_i) and
 c += (α/N)·Σ_S δ_i. With C = identity and α = 1 this *is* SCAFFOLD. α defaults
 to 1/(1 + ω) (ω: the compressor's variance); α = 1 diverges with random-k.
+The server forms every sum with float64 weights in float64 (then stores x and c
+in the run's dtype): c must stay the mean of the c_i, and a float32 sum leaves
+an error there that no later round removes (SCALLION then stalls near 1e-7 on
+float64 problems where SCAFFOLD reaches 1e-15).
 
 **SCAFCOM** (biased compressor + momentum). A momentum buffer v_i per client:
 v_i = (1 − β)·v_i + β·(u_i + c_i), δ_i = C(v_i − c_i), then as SCALLION
@@ -43,6 +47,7 @@ import math
 
 import torch
 
+from lab.knobs import Knob, bad
 from lab.compress import make_compressor
 from lab.sync.faults import RoundPlan
 from lab.sync.federated import Federated, LocalTraining
@@ -51,6 +56,10 @@ from lab.technique import RoundResult, TrainContext
 
 class Scaffold(Federated):
     name = "scaffold"
+    label = "SCAFFOLD"
+    knobs = {
+        "server_lr": Knob(1.0, "server learning rate eta_g", low=0.0, low_open=True, high=1e3),
+    }
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
@@ -80,9 +89,9 @@ class Scaffold(Federated):
         dy[out.rows] = out.params - self.global_row
         dc[out.rows] = out.grad_mean - self.c_local[out.rows]
         self.c_local[out.rows] = out.grad_mean
-        mean_w = torch.zeros(n)
+        mean_w = torch.zeros(n, dtype=torch.float64)  # the server sums in float64 (stores in the run's dtype)
         mean_w[p] = 1.0 / len(p)
-        all_w = torch.zeros(n)
+        all_w = torch.zeros(n, dtype=torch.float64)
         all_w[p] = 1.0 / n
         mean_dy = ctx.collective.server_reduce(dy, weights=mean_w, ranks=p, tag="model_delta")
         sum_dc = ctx.collective.server_reduce(dc, weights=all_w, ranks=p, tag="control_delta")
@@ -100,7 +109,24 @@ class Scaffold(Federated):
 
 class Scallion(Scaffold):
     name = "scallion"
+    label = "SCALLION"
+    compressor_path = "uplink"
+    takes_feedback = False  # its control variates absorb the compression error
+    knobs = {
+        "cv_alpha": Knob(0.0, "control-variate step alpha (0 = 1/(1+omega) for unbiased compressors, 1 otherwise)", low=0.0, high=1.0),
+    }
     needs_unbiased = True
+
+    @classmethod
+    def check(cls, c) -> None:
+        super().check(c)
+        from lab.compress import make_compressor
+
+        comp = make_compressor(c.compressor, ratio=c.compression_ratio, seed=c.seed, dim=1, shapes=[(1,)]) \
+            if c.compressor not in ("powersgd", "fedzip", "3sfc") else None
+        if cls.needs_unbiased and (comp is None or not comp.unbiased):
+            bad("compressor", c.compressor, f"an unbiased compressor for technique={cls.name!r} (e.g. 'none', "
+                "'randk', 'qsgd'); use technique='scafcom' for biased ones")
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
@@ -132,20 +158,25 @@ class Scallion(Scaffold):
         out = self.corrected_sgd(ctx, p)
         msg = torch.zeros_like(self.c_local)  # (n, d) rows of participants only
         msg[out.rows] = self.message(out.grad_mean - self.c_local[out.rows], out.rows)
-        mean_w = torch.zeros(n)
+        mean_w = torch.zeros(n, dtype=torch.float64)
         mean_w[p] = 1.0 / len(p)
+        # (n, d) decoded own rows; (d,) float64: the server's sum stays consistent with the clients' c_i
         local, mean_delta = self.compressor.server_reduce(msg, ctx.collective, weights=mean_w, ranks=p,
-                                                          tag="control_delta")  # (n, d) decoded own rows, (d,)
+                                                          tag="control_delta")
         self.measured_ratio = self.compressor.last_nbytes / (4 * ctx.cluster.dim)
         self.c_local[out.rows] += self.alpha * local[out.rows]
         k = self.local_steps(p[0])
-        self.global_row = self.global_row - c.server_lr * k * c.lr * (self.c + mean_delta)
-        self.c = self.c + (self.alpha * len(p) / n) * mean_delta
+        self.global_row = (self.global_row - c.server_lr * k * c.lr * (self.c + mean_delta)).to(self.c.dtype)
+        self.c = (self.c + (self.alpha * len(p) / n) * mean_delta).to(self.c.dtype)
         return RoundResult(self.mean_loss(ctx, out, p), {"measured_ratio": self.measured_ratio})
 
 
 class Scafcom(Scallion):
     name = "scafcom"
+    label = "SCAFCOM"
+    knobs = {
+        "scafcom_beta": Knob(1.0, "momentum weight beta in (0, 1] (1 = no momentum)", low=0.0, low_open=True, high=1.0),
+    }
     needs_unbiased = False
 
     def setup(self, ctx: TrainContext) -> None:

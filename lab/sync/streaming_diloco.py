@@ -7,23 +7,33 @@ torchft; fragment pattern, τ, α and the 4-bit format are [RECON]/[UNVERIFIED])
 
 Three add-ons to `lab.sync.diloco` that cut the *peak* bandwidth and hide latency:
 
-1. **Fragments.** The flat parameter row is cut into P contiguous slices of
-   equal size (±1 value). (The paper prefers strided transformer blocks; equal
-   slices make every sync carry exactly 1/P of the model, and on a transformer
-   in parameter order they are runs of consecutive blocks.) Fragment p has
-   offset t_p = ⌊H/P·(p+1)⌋ and is *sent* after inner steps t with
+1. **Fragments.** `fragment_pattern='strided'` (the paper's): the model's
+   layers — its top-level modules, each block of a module list counting as one
+   (the character LM: tok, pos, blocks.0, blocks.1, ln_f, head) — are dealt out
+   so fragment p holds layers p, p+P, p+2P, ...; every fragment then spans the
+   depth of the network. (The paper strides transformer blocks; where the
+   embeddings and head go is an implementation choice [RECON]: here they are
+   layers like the others.) P is at most the number of layers. 'contiguous'
+   cuts the flat parameter row into P slices of equal size (±1 value), so
+   every sync carries exactly 1/P of the model. Fragment p has offset
+   t_p = ⌊H/P·(p+1)⌋ and is *sent* after inner steps t with
    (t − t_p) mod H = 0: each fragment syncs once per H steps, at its own step.
-2. **Overlap.** A fragment's pseudo-gradient Δ_m[p] = θ_g[p] − θ_m[p] is taken
+2. **Overlap.** A fragment's outer gradient Δ_m[p] = θ_g[p] − θ_m[p] is taken
    at send time t, but applied τ inner steps later (t + τ) while workers keep
    training; then θ_g[p] takes the outer Nesterov step (momentum per fragment)
    and workers merge θ_m[p] ← α·θ_m[p] + (1 − α)·θ_g[p], keeping a share of
    the local progress made meanwhile (α = 0 overwrites, as DiLoCo).
-3. **Low precision.** `outer_bits` 16, 8 or 4 sends the pseudo-gradients
-   through `lab.compress` ('fp16', 'int8', 'int4': block-wise absmax integers
-   with real bit packing, two values per byte at 4 bits): fp16 is all-reduced,
-   the integer codes are all-gathered and every rank sums the decoded values in
-   fp32, in rank order. The Ledger counts the packed bytes. The global copy,
-   the sum and the outer optimizer stay fp32.
+3. **Low precision.** `outer_bits` 16, 8 or 4 sends the outer gradients in
+   fp16, int8 (block-wise absmax integers) or, at 4 bits, the paper's 4-bit
+   float E3M0 (`outer_format='e3m0'`: sign + 3-bit exponent with a block scale,
+   `lab.compress.fp4`) or int4 blocks (`outer_format='int4'`), packed two values
+   a byte. Any other compressor (`compressor`, e.g. 'topk', with
+   `outer_bits=32`) works too. Either way each fragment's outer gradients go
+   through a compressed channel of their own (`lab.compress.make_channel`, the
+   same path as DiLoCo's: the compressed collective algorithm the channel
+   chooses, error feedback per fragment for a general compressor, none for
+   `outer_bits`), and the Ledger counts the packed bytes. The global copy, the
+   sum and the outer optimizer stay fp32.
 
 P = 1, τ = 0, α = 0 and 32 bits is DiLoCo. Constraints: P ≤ H and τ < H/P, so
 at most one fragment is in flight. After the last step any fragment still in
@@ -41,19 +51,27 @@ metrics: `fragment` (sent at the end of the round), `measured_ratio` (the last
 message's bytes over its dense fp32 bytes).
 
 Sent: per H steps every worker sends each fragment once — the same total as
-DiLoCo at 32 bits, 1/P of it in any single sync. Knobs: `sync_period` (H),
-`num_fragments` (P), `overlap_steps` (τ), `merge_alpha` (α), `outer_bits`,
-`outer_lr`, `outer_momentum`, and the inner optimizer's.
+DiLoCo at 32 bits, one fragment in any single sync. Knobs: `sync_period` (H),
+`num_fragments` (P), `fragment_pattern`, `overlap_steps` (τ), `merge_alpha`
+(α), `outer_bits`, `outer_format`, `outer_lr`, `outer_momentum`, the
+compressor's, and the inner optimizer's.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
-from lab.compress import make_compressor
+from lab.compress import make_channel
+from lab.knobs import Knob, bad
 from lab.sync.diloco import DiLoCo, outer_nesterov_
 from lab.technique import RoundResult, TrainContext
 
-BITS = {16: "fp16", 8: "int8", 4: "int4"}
+#: the compressor each `outer_bits` (and, at 4 bits, `outer_format`) sends with
+BITS = {16: "fp16", 8: "int8"}
+FORMATS = {"e3m0": "fp4", "int4": "int4"}
+#: compressors fitted to the whole model's layout (or decoding through it): one fragment only
+WHOLE_MODEL = ("powersgd", "fedzip", "3sfc")
 
 
 def fragment_slices(d: int, num_fragments: int) -> list[slice]:
@@ -62,15 +80,107 @@ def fragment_slices(d: int, num_fragments: int) -> list[slice]:
     return [slice(bounds[p], bounds[p + 1]) for p in range(num_fragments)]
 
 
+def layer_groups(names: list[str]) -> list[list[int]]:
+    """Parameter tensors (indices into `names`, flat order) grouped by layer, in order of first appearance.
+
+    A layer is a top-level module, each block of a module list counting as one: 'blocks.3.qkv.weight'
+    belongs to 'blocks.3', 'fc1.bias' to 'fc1'."""
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        parts = name.split(".")
+        numeric = next((j for j, part in enumerate(parts[:-1]) if part.isdigit()), None)
+        key = ".".join(parts[:numeric + 1]) if numeric is not None else parts[0]
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def fragment_indices(names: list[str], numels: list[int], num_fragments: int, pattern: str) -> list[torch.Tensor]:
+    """The flat-row positions (ascending) of each fragment: P LongTensors that partition range(d)."""
+    d = sum(numels)
+    if pattern == "contiguous":
+        return [torch.arange(s.start, s.stop) for s in fragment_slices(d, num_fragments)]
+    layers = layer_groups(names)
+    if num_fragments > len(layers):
+        bad("num_fragments", num_fragments, f"at most {len(layers)} with fragment_pattern='strided' (the model has "
+            f"{len(layers)} layers); fragment_pattern='contiguous' cuts the row into any number of slices")
+    offsets = [0]
+    for n in numels:
+        offsets.append(offsets[-1] + n)
+    out = []
+    for p in range(num_fragments):
+        tensors = sorted(t for layer in layers[p::num_fragments] for t in layer)
+        out.append(torch.cat([torch.arange(offsets[t], offsets[t + 1]) for t in tensors]))
+    return out
+
+
+@lru_cache(maxsize=None)
+def model_layer_count(model: str) -> int | None:
+    """How many layers (`layer_groups`) a lab model has, from its module built on the meta device
+    (nothing allocated); None for a model this table does not know (checked in `setup` then)."""
+    from lab import models
+
+    build = {"mlp": lambda: models.MLP(2, 2, 2), "cnn": lambda: models.SmallCNN(2),
+             "gpt": lambda: models.TinyGPT(2, block_size=2), "linear": lambda: models.Linear(2)}
+    if model not in build:
+        return None
+    with torch.device("meta"):
+        module = build[model]()
+    return len(layer_groups([name for name, _ in module.named_parameters()]))
+
+
 class StreamingDiLoCo(DiLoCo):
     name = "streaming_diloco"
+    label = "Streaming DiLoCo"
+    label_knobs = ("num_fragments", "outer_bits")
+    knobs = {
+        "num_fragments": Knob(1, "fragments P synced at staggered steps (1 <= P <= sync_period)", low=1, high=10_000),
+        "fragment_pattern": Knob("strided", "which parameters a fragment holds: 'strided' layers p, p+P, ... (the "
+                                 "paper's) or 'contiguous' equal slices of the flat row",
+                                 choices=("strided", "contiguous"), read_when=lambda c: c.num_fragments > 1,
+                                 why="only num_fragments > 1 reads it"),
+        "overlap_steps": Knob(0, "inner steps tau a fragment's sync overlaps (< sync_period / P)", low=0, high=10**6),
+        "merge_alpha": Knob(0.5, "weight of the local fragment when merging the new global one", low=0.0, high=1.0),
+        "outer_bits": Knob(32, "bits per outer-gradient value on the wire", choices=(32, 16, 8, 4)),
+        "outer_format": Knob("e3m0", "the 4-bit format: 'e3m0' float (the paper's) or 'int4' blocks",
+                             choices=tuple(FORMATS), read_when=lambda c: c.outer_bits == 4,
+                             why="only outer_bits=4 reads it"),
+    }
+
+    @classmethod
+    def check(cls, c) -> None:
+        if c.num_fragments > c.sync_period:
+            bad("num_fragments", c.num_fragments, f"at most sync_period={c.sync_period} (each fragment syncs once "
+                "per sync period, at its own step)")
+        if c.overlap_steps >= c.sync_period / c.num_fragments:
+            bad("overlap_steps", c.overlap_steps, f"fewer than sync_period/num_fragments = "
+                f"{c.sync_period / c.num_fragments:g} (at most one fragment in flight)")
+        if c.outer_bits != 32 and c.compressor != "none":
+            bad("compressor", c.compressor, f"'none' with outer_bits={c.outer_bits} (outer_bits already sets the "
+                "outer gradients' format; set outer_bits=32 to use a compressor)")
+        if c.num_fragments > 1 and c.compressor in WHOLE_MODEL:
+            bad("compressor", c.compressor, f"a compressor other than {list(WHOLE_MODEL)} with num_fragments > 1 "
+                "(they are fitted to the whole model; each fragment is compressed on its own)")
+        layers = model_layer_count(c.model)
+        if c.num_fragments > 1 and c.fragment_pattern == "strided" and layers is not None and c.num_fragments > layers:
+            bad("num_fragments", c.num_fragments, f"at most {layers} with fragment_pattern='strided' (model="
+                f"{c.model!r} has {layers} layers); fragment_pattern='contiguous' cuts the row into any number "
+                "of slices")
+
+    def channel_config(self):
+        """The config of the fragments' channels: `outer_bits` as the compressor it names, without feedback."""
+        c = self.config
+        if c.outer_bits == 32:
+            return c
+        name = FORMATS[c.outer_format] if c.outer_bits == 4 else BITS[c.outer_bits]
+        return c.replace(outer_bits=32, outer_format=self.knobs["outer_format"].default, compressor=name,
+                         error_feedback="none")
 
     def setup(self, ctx: TrainContext) -> None:
-        super().setup(ctx)
-        c = self.config
-        self.slices = fragment_slices(ctx.cluster.dim, c.num_fragments)
+        super().setup(ctx)  # DiLoCo's global copy and momentum, the channel of fragment 0
+        c, cl = self.config, ctx.cluster
+        self.fragments = fragment_indices(cl.names, cl.numels, c.num_fragments, c.fragment_pattern)
+        self.channels = [self.channel] + [make_channel(self.channel_config(), ctx) for _ in self.fragments[1:]]
         self.offsets = [int(c.sync_period / c.num_fragments * (p + 1)) for p in range(c.num_fragments)]
-        self.compressor = make_compressor(BITS[c.outer_bits], seed=c.seed) if c.outer_bits != 32 else None
         self.in_flight: dict[int, tuple[torch.Tensor, int, float]] = {}  # p -> (mean Δ (d_p,), sent at, seconds)
         self.measured_ratio = 1.0
         self.hidden_seconds = 0.0  # communication hidden behind compute so far
@@ -85,8 +195,8 @@ class StreamingDiLoCo(DiLoCo):
         return bool(self.config.overlap_steps) and ctx.clock is not None
 
     def send(self, ctx: TrainContext, p: int) -> None:
-        sl = self.slices[p]
-        delta = self.global_row[sl] - ctx.cluster.params.detach()[:, sl]  # (n, d_p) pseudo-gradient at send time
+        idx = self.fragments[p]
+        delta = self.global_row[idx] - ctx.cluster.params.detach()[:, idx]  # (n, d_p) outer gradient at send time
         before = ctx.ledger.seconds
         if self.overlaps(ctx):
             ctx.clock.sync()  # the compute up to the send step is on the timeline
@@ -97,21 +207,22 @@ class StreamingDiLoCo(DiLoCo):
         self.in_flight[p] = (mean.float(), ctx.step, ctx.ledger.seconds - before)
 
     def reduce(self, ctx: TrainContext, p: int, delta: torch.Tensor) -> torch.Tensor:
-        """The mean pseudo-gradient of fragment p over all workers (d_p,), in full or low precision."""
-        if self.compressor is None:
-            self.measured_ratio = 1.0
-            return ctx.collective.all_reduce(delta, op="mean", tag=f"fragment{p}")[0]
-        _, mean = self.compressor.reduce(delta, ctx.collective, tag=f"fragment{p}")
-        self.measured_ratio = self.compressor.last_nbytes / (4 * delta.shape[1])
+        """The mean outer gradient of fragment p over all workers (d_p,), through fragment p's channel."""
+        channel = self.channels[p]
+        reference = self.global_row if len(self.fragments) == 1 else None  # 3SFC decodes through the whole model
+        mean = self.average(ctx, delta, tag=f"fragment{p}", reference=reference, channel=channel)
+        self.measured_ratio = 1.0 if channel.dense else channel.measured_ratio
         return mean
 
     def apply(self, ctx: TrainContext, p: int) -> None:
-        c, sl = self.config, self.slices[p]
+        c, idx = self.config, self.fragments[p]
         mean, sent_at, seconds = self.in_flight.pop(p)
-        outer_nesterov_(self.global_row[sl], self.buf[sl], mean, lr=c.outer_lr, momentum=c.outer_momentum)
+        theta, buf = self.global_row[idx], self.buf[idx]  # (d_p,) copies, written back below
+        outer_nesterov_(theta, buf, mean, lr=c.outer_lr, momentum=c.outer_momentum)
+        self.global_row[idx], self.buf[idx] = theta, buf
         with torch.no_grad():
-            local = ctx.cluster.params[:, sl]
-            ctx.cluster.params[:, sl] = c.merge_alpha * local + (1 - c.merge_alpha) * self.global_row[sl]
+            local = ctx.cluster.params[:, idx]
+            ctx.cluster.params[:, idx] = c.merge_alpha * local + (1 - c.merge_alpha) * theta
         hidden = min(seconds, (ctx.step - sent_at) * ctx.step_compute_seconds)  # compute ran while in flight
         self.hidden_seconds += hidden
         if self.overlaps(ctx):
@@ -121,6 +232,7 @@ class StreamingDiLoCo(DiLoCo):
             ctx.comm_hidden_seconds += hidden
 
     def round(self, ctx: TrainContext) -> RoundResult:
+        """Inner steps until a fragment is sent (its own event loop: applies fall between sends)."""
         c = self.config
         losses, sent = [], []
         while not sent and ctx.step < c.steps:
@@ -142,8 +254,11 @@ class StreamingDiLoCo(DiLoCo):
                             "measured_ratio": self.measured_ratio})
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "in_flight": dict(self.in_flight), "hidden_seconds": self.hidden_seconds}
+        return {**super().state_dict(), "channels": [ch.state_dict() for ch in self.channels],
+                "in_flight": dict(self.in_flight), "hidden_seconds": self.hidden_seconds}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
+        for ch, s in zip(self.channels, state["channels"]):
+            ch.load_state_dict(s)
         self.in_flight, self.hidden_seconds = dict(state["in_flight"]), state["hidden_seconds"]

@@ -13,6 +13,7 @@ described entirely by (seed, g): that is what these methods send.
 from __future__ import annotations
 
 import torch
+from lab.knobs import Knob
 from torch.func import vmap
 
 #: candidate seeds are drawn below this bound (fits an int32 on any wire)
@@ -49,3 +50,8 @@ def spsa(ctx, params: torch.Tensor, z: torch.Tensor, x, y, *, eps: float) -> tup
     plus = row_losses(ctx, params + eps * z, x, y)
     minus = row_losses(ctx, params - eps * z, x, y)
     return (plus - minus) / (2 * eps), (plus + minus) / 2
+
+#: knobs the shared-seed zeroth-order techniques share
+ZO_KNOBS = {
+    "zo_eps": Knob(1e-3, "perturbation size eps of the two-point estimate", low=0.0, low_open=True, high=1e3),
+}

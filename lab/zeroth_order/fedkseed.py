@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import torch
 
+from lab.knobs import Knob
 from lab.comm.packet import Packet
 from lab.sync.faults import RoundPlan
 from lab.sync.federated import Federated, LocalTraining
 from lab.technique import RoundResult, TrainContext
-from lab.zeroth_order.common import candidate_seeds, direction, directions, spsa
+from lab.zeroth_order.common import ZO_KNOBS, candidate_seeds, direction, directions, spsa
 
 
 def seed_probabilities(abs_sum: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -48,6 +49,12 @@ def seed_probabilities(abs_sum: torch.Tensor, count: torch.Tensor) -> torch.Tens
 
 class FedKSeed(Federated):
     name = "fedkseed"
+    label = "FedKSeed"
+    knobs = {
+        **ZO_KNOBS,
+        "zo_seeds": Knob(4096, "candidate seeds K", low=1, high=10**7),
+        "zo_seed_sampling": Knob("uniform", "how clients draw seeds (importance = FedKSeed-Pro)", choices=("uniform", "importance")),
+    }
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)

@@ -31,6 +31,7 @@ import statistics
 
 import torch
 
+from lab.knobs import Knob
 from lab.comm.packet import Packet
 from lab.compress.base import pad_ragged
 from lab.sync.faults import RoundPlan
@@ -62,6 +63,11 @@ def projection(seed: int, d_g: int) -> torch.Tensor:
 
 class Ferret(Federated):
     name = "ferret"
+    label = "Ferret"
+    knobs = {
+        "ferret_seeds": Knob(200, "shared seeds K (projection directions per group, at most)", low=1, high=10**6),
+        "ferret_server_lr": Knob(3.0, "server learning rate on the reconstructed update", low=0.0, low_open=True, high=1e3),
+    }
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)

@@ -39,6 +39,7 @@ import math
 
 import torch
 
+from lab.knobs import Knob
 from lab.comm.packet import Packet
 from lab.sync.faults import RoundPlan
 from lab.sync.federated import Federated, LocalTraining
@@ -119,6 +120,11 @@ class RandomFeatures:
 
 class FZooS(Federated):
     name = "fzoos"
+    label = "FZooS"
+    knobs = {
+        "fzoos_features": Knob(256, "random Fourier features D of the shared surrogate", low=1, high=100_000),
+        "fzoos_candidates": Knob(100, "exploration candidates per local step (the 5 most uncertain are queried)", low=1, high=100_000),
+    }
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)

@@ -27,9 +27,10 @@ import math
 
 import torch
 
+from lab.knobs import Knob
 from lab.compress.base import row_seed
 from lab.technique import RoundResult, Technique, TrainContext
-from lab.zeroth_order.common import direction, spsa
+from lab.zeroth_order.common import ZO_KNOBS, direction, spsa
 
 Q_SCALE, Q_MAX = 8.0, 63
 
@@ -49,6 +50,12 @@ def decode_byte(b: torch.Tensor) -> torch.Tensor:
 
 class JustOneByte(Technique):
     name = "justonebyte"
+    label = "Just One Byte"
+    knobs = {
+        **ZO_KNOBS,
+        "zo_samples": Knob(4, "projected gradients per machine per iteration", low=1, high=100_000),
+        "zo_scalar_format": Knob("int8", "how a projected gradient is sent (one byte or fp32)", choices=("int8", "fp32")),
+    }
 
     def perturbation_seed(self, t: int, machine: int, sample: int) -> int:
         return row_seed(self.config.seed, t, machine * 65_537 + sample)

@@ -1,0 +1,244 @@
+"""The experiment config: common knobs here, each technique's own knobs in its class, one validated dataclass.
+
+`ExperimentConfig` is assembled from `COMMON` (what every run has: workers,
+data, model, optimizer, topology, compression) and the `knobs` every
+registered technique declares (`lab.registry`). It is frozen and checked on
+construction, before anything is allocated:
+
+1. every field against its Knob (type, finite, bounds, choices);
+2. every field set away from its default must be read by the chosen technique
+   (`Technique.read_fields()`, the compressor fields where it declares a
+   `compressor_path`, conditional knobs whose `read_when` holds) — otherwise a
+   ValueError names the field, the technique and the techniques that read it;
+3. cross-field rules: the families' options modules and `Technique.check`.
+
+`config_for(technique, **settings)` builds a config from a shared base keeping
+only what that technique reads, for notebooks that sweep several techniques.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+from lab import pretrain, registry
+from lab.compress.error_feedback import FEEDBACK
+from lab.compress.registry import COMPRESSORS, reads_ratio
+from lab.data import DATASETS, PARTITIONS
+from lab.knobs import Knob, bad
+from lab.models import COMPATIBLE, MODELS
+from lab.schedule import SCHEDULES
+from lab.topology import ALL_REDUCE_CHOICES, PRESETS
+
+OPTIMIZERS = ("sgd", "adamw", "adam_mini")
+BACKENDS = ("simulated", "distributed")
+BIG = 10**9  # upper bound of counts that size nothing by themselves
+
+
+def _tech(c):
+    return registry.technique(c.technique)
+
+
+def _takes_compressor(c) -> bool:
+    return _tech(c).compressor_path is not None
+
+
+#: knobs every technique reads (or reads under the stated condition)
+COMMON: dict[str, Knob] = {
+    "technique": Knob("ddp", "training technique (lab.registry)", choices=None),  # choices filled below
+    "num_workers": Knob(8, "number of workers (ranks or federated clients)", low=1, high=100_000),
+    "steps": Knob(200, "local steps per worker (step-budgeted techniques)", low=1, high=10**7,
+                  read_when=lambda c: _tech(c).budget == "steps", why="the technique is budgeted in rounds"),
+    "rounds": Knob(20, "communication rounds (round-budgeted techniques, e.g. federated ones)", low=1, high=10**6,
+                   read_when=lambda c: _tech(c).budget == "rounds", why="the technique is budgeted in steps"),
+    "dataset": Knob("digits", "dataset", choices=DATASETS),
+    "model": Knob("mlp", "model", choices=MODELS),
+    "partition": Knob("iid", "how data is split across workers", choices=PARTITIONS),
+    "dirichlet_alpha": Knob(0.5, "Dirichlet concentration for partition=dirichlet (small = skewed)", low=0.0,
+                            low_open=True, high=1e6, read_when=lambda c: c.partition == "dirichlet",
+                            why="only partition='dirichlet' reads it"),
+    "shards_per_worker": Knob(2, "label shards per worker for partition=shards", low=1, high=10_000,
+                              read_when=lambda c: c.partition == "shards", why="only partition='shards' reads it"),
+    "batch_size": Knob(32, "minibatch size per worker", low=1, high=65_536),
+    "lr": Knob(0.5, "learning rate (large values are allowed: divergence is reported, not prevented)", low=0.0,
+               low_open=True, high=1e30, scale="log"),
+    "topology": Knob("nvlink_node", "network preset for simulated time", choices=tuple(PRESETS)),
+    "all_reduce_algorithm": Knob("auto", "all-reduce algorithm of the cost model: auto (ring vs hierarchical/torus), "
+                                 "cheapest (every algorithm), or one pinned", choices=ALL_REDUCE_CHOICES),
+    "slow_ranks": Knob(0, "simulated clock: the last ranks compute straggler_slowdown times slower (stragglers)",
+                       low=0, high=100_000),
+    "straggler_slowdown": Knob(4.0, "how many times slower a straggler computes (slow_ranks, straggler_prob)",
+                               low=1.0, high=1e4, read_when=lambda c: c.slow_ranks > 0 or (
+                                   _tech(c).federated and c.straggler_prob > 0),
+                               why="it needs slow_ranks > 0 or, for federated techniques, straggler_prob > 0"),
+    "eval_every": Knob(20, "evaluate every this many steps", low=1, high=10**7),
+    "seed": Knob(0, "random seed", low=0, high=2**31 - 1),
+    "on_divergence": Knob("stop", "a non-finite loss, gradient or parameter stops the run (status 'diverged'), "
+                          "or training continues (to study divergence)", choices=("stop", "continue")),
+    "backend": Knob("simulated", "simulated (one process) or distributed (torchrun)", choices=BACKENDS),
+    # ---- a pre-trained backbone (lab.pretrain): digits classes 0-4 / the first half of the chars text ----
+    "pretrained": Knob("auto", "start from a backbone pre-trained on the other part of the data (lab.pretrain): "
+                       "'auto' where the technique's paper does (LoRA/PEFT, DIMAT), 'on' always (e.g. fedavg: full "
+                       "fine-tuning of the same backbone), 'off' from a random init", choices=pretrain.CHOICES),
+    "pretrain_steps": Knob(200, "optimizer steps that pre-train the backbone (cached in the runs store)", low=1,
+                           high=10**6, read_when=lambda c: pretrain.uses_backbone(c, _tech(c)),
+                           why="the run starts from no pre-trained backbone (pretrained)"),
+    # ---- the local optimizer: read by techniques that list LOCAL_OPTIMIZER (lab.technique) ----
+    "optimizer": Knob("sgd", "local optimizer", choices=OPTIMIZERS),
+    "momentum": Knob(0.0, "SGD momentum", low=0.0, high=1.0, high_open=True,
+                     read_when=lambda c: c.optimizer == "sgd", why="only optimizer='sgd' reads it"),
+    "weight_decay": Knob(0.0, "weight decay", low=0.0, high=1e3),
+    "grad_clip": Knob(0.0, "per-worker gradient-norm clip (0 = off)", low=0.0, high=1e9),
+    "lr_schedule": Knob("constant", "learning-rate schedule over `steps`", choices=SCHEDULES),
+    "warmup_steps": Knob(0, "linear learning-rate warm-up steps", low=0, high=10**7),
+    # ---- compression: read by techniques that declare a compressor_path ----
+    "compressor": Knob("none", "compressor of what the technique sends (its compressor_path)", choices=COMPRESSORS),
+    "compression_ratio": Knob(1.0, "target traffic ratio: bytes sent / the dense all-reduce's, in (0, 1]", low=0.0,
+                              low_open=True, high=1.0, scale="log",
+                              read_when=lambda c: reads_ratio(c.compressor),
+                              why="the chosen compressor has a fixed size (see lab.compress.registry)"),
+    "error_feedback": Knob("ef", "error feedback around the compressor", choices=tuple(FEEDBACK),
+                           read_when=lambda c: c.compressor != "none" or not _takes_compressor(c),
+                           why="no compressor is set (compressor='none')"),
+    "econtrol_eta": Knob(0.0, "error_feedback=econtrol: weight eta of the fed-back error (0 = the compressor's "
+                         "contraction delta, k/d for top-k; eta > delta can diverge and warns)", low=0.0, high=1.0,
+                         read_when=lambda c: c.error_feedback == "econtrol",
+                         why="only error_feedback='econtrol' reads it"),
+}
+#: what a technique with a compressor_path reads
+COMPRESSOR_FIELDS = ("compressor", "compression_ratio", "error_feedback", "econtrol_eta")
+#: common knobs every technique reads (the rest are read only by techniques that list them)
+ALWAYS = ("technique", "num_workers", "steps", "rounds", "dataset", "model", "partition", "dirichlet_alpha",
+          "shards_per_worker", "batch_size", "lr", "topology", "all_reduce_algorithm", "slow_ranks",
+          "straggler_slowdown", "eval_every", "seed", "on_divergence", "backend", "pretrained", "pretrain_steps")
+
+
+def all_knobs() -> dict[str, Knob]:
+    """Every config field's Knob: the common ones, then each registered technique's, in registry order."""
+    out = dict(COMMON)
+    out["technique"] = dataclasses.replace(COMMON["technique"], choices=tuple(registry.techniques()))
+    owner = {}
+    for name, cls in registry.techniques().items():
+        for field, knob in cls.declared_knobs().items():
+            if field in out and out[field] is not knob:
+                raise AssertionError(f"config field {field!r} of technique {name!r} is declared twice "
+                                     f"(by {owner.get(field, 'lab.config')}); declare it once and list it in `reads`")
+            out[field] = knob
+            owner.setdefault(field, name)
+    return out
+
+
+def reads(technique_name: str) -> frozenset[str]:
+    """Every config field the technique reads when its conditions hold."""
+    cls = registry.technique(technique_name)
+    own = set(ALWAYS) | cls.read_fields()
+    if cls.compressor_path is not None:
+        own |= set(COMPRESSOR_FIELDS if cls.takes_feedback else COMPRESSOR_FIELDS[:2])
+    return frozenset(own)
+
+
+def is_read(config, field: str) -> tuple[bool, str]:
+    """(whether `config.technique` reads `field` as configured, the reason when it does not)."""
+    if field not in reads(config.technique):
+        who = [t for t in registry.techniques() if field in reads(t)]
+        return False, f"technique={config.technique!r} does not read it; techniques that do: {who}"
+    knob = KNOBS[field]
+    if knob.read_when is not None and not knob.read_when(config):
+        return False, f"{knob.why}"
+    return True, ""
+
+
+def _post_init(self):
+    for name, knob in KNOBS.items():
+        object.__setattr__(self, name, knob.check(name, getattr(self, name)))
+    for name, knob in KNOBS.items():
+        if getattr(self, name) != knob.default:
+            ok, why = is_read(self, name)
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not read: {why}; leave it at its default "
+                                 f"{knob.default!r} (lab.config.config_for keeps only what a technique reads)")
+    if self.dataset not in COMPATIBLE[self.model]:
+        bad("model", self.model, f"a model for dataset={self.dataset!r}: "
+            f"{[m for m, ds in COMPATIBLE.items() if self.dataset in ds]}")
+    if self.dataset == "chars" and self.partition != "iid":
+        bad("partition", self.partition, "'iid' for dataset='chars' (text has no labels to skew)")
+    from lab.compress import options as compress_options
+    from lab.topology import check_config, preset
+
+    compress_options.check(self, bad)
+    pretrain.check(self, bad)
+    registry.technique(self.technique).check(self)
+    preset(self.topology, self.num_workers)  # raises if the workers do not fit the preset
+    check_config(self, bad)
+
+
+def _replace(self, **changes):
+    return dataclasses.replace(self, **changes)
+
+
+def _to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+@classmethod
+def _from_dict(cls, d: dict):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"config has unknown fields {unknown}; allowed: {sorted(known)}")
+    return cls(**d)
+
+
+def _digest(self) -> str:
+    return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _as_technique(self, technique: str):
+    """This config's settings for another technique, keeping only what that technique reads
+    (`config_for`); e.g. `zero_cfg.as_technique('ddp')` for the DDP baseline of a ZeRO run."""
+    changed = {k: v for k, v in self.changed().items() if k != "technique"}
+    return config_for(technique, **changed)
+
+
+def _diff(self) -> dict:
+    """The fields set away from their defaults."""
+    return {n: getattr(self, n) for n, k in KNOBS.items() if getattr(self, n) != k.default}
+
+
+KNOBS = all_knobs()
+ExperimentConfig = dataclasses.make_dataclass(
+    "ExperimentConfig",
+    [(name, knob.type, dataclasses.field(default=knob.default, metadata={"knob": knob, "help": knob.help,
+                                                                         **({"choices": knob.choices}
+                                                                            if knob.choices else {})}))
+     for name, knob in KNOBS.items()],
+    namespace={"__post_init__": _post_init, "replace": _replace, "to_dict": _to_dict, "from_dict": _from_dict,
+               "digest": _digest, "changed": _diff, "as_technique": _as_technique,
+               "__doc__": "A validated experiment: every field is a Knob (lab.config.all_knobs()); see lab.config."},
+    frozen=True)
+ExperimentConfig.__module__ = __name__  # pickles as lab.config.ExperimentConfig (spawned ranks import it)
+
+
+def config_for(technique: str, **settings):
+    """An ExperimentConfig of `technique` from shared `settings`, dropping those it does not read.
+
+    For sweeps over techniques from one base: `config_for('fedavg', sync_period=8, lr=0.1)` keeps lr and drops
+    sync_period (FedAvg does not read it). Fields it reads only under a condition are kept when the condition
+    holds for the resulting config. Unknown field names raise ValueError.
+    """
+    unknown = sorted(set(settings) - set(KNOBS))
+    if unknown:
+        raise ValueError(f"config has unknown fields {unknown}; allowed: {sorted(KNOBS)}")
+    kept = {k: v for k, v in settings.items() if k in reads(technique)}
+    draft = ExperimentConfig.__new__(ExperimentConfig)  # unvalidated, to evaluate read_when conditions
+    for name, knob in KNOBS.items():
+        object.__setattr__(draft, name, kept.get(name, knob.default))
+    object.__setattr__(draft, "technique", technique)
+    kept = {k: v for k, v in kept.items() if KNOBS[k].read_when is None or KNOBS[k].read_when(draft)}
+    return ExperimentConfig(technique=technique, **kept)
+
+
+def dropped(technique: str, settings: dict) -> dict:
+    """{field: reason} of the settings `config_for(technique, **settings)` leaves out (for listing)."""
+    cfg = config_for(technique, **settings)
+    return {k: is_read(cfg, k)[1] for k, v in settings.items() if getattr(cfg, k) != v}
