@@ -9,6 +9,7 @@
 #   make test-fast  install, then pytest without the tests marked slow (gloo, notebook, browser, ...)
 #   make lint       ruff on lab widgets tests bench (config: [tool.ruff] in pyproject.toml)
 #   make bench      install, then run every bench/*.py
+#   make notebooks  regenerate every notebooks/*.ipynb from its source notebooks/NN_name.py (jupytext)
 #   make clean      remove caches, build metadata and notebook outputs
 #   make distclean  clean, and also remove .venv and runs/
 #
@@ -26,7 +27,7 @@ KERNEL   := commlab
 TOUR     := notebooks/00_tour.ipynb
 
 .DEFAULT_GOAL := install
-.PHONY: install venv browser lab test test-fast lint bench clean distclean
+.PHONY: install venv browser lab test test-fast lint bench notebooks clean distclean
 
 install venv: $(STAMP)
 
@@ -60,7 +61,8 @@ browser:
 	fi
 
 # JupyterLab with token auth on. The token is fresh each start; the URL with it
-# is printed before the server starts.
+# is printed before the server starts. The token reaches the server through the
+# environment (JUPYTER_TOKEN), never the command line, so `ps` does not show it.
 lab: $(STAMP)
 	@TOKEN=$$($(PYTHON) -c 'import secrets; print(secrets.token_hex(16))'); \
 	EXTRA=; \
@@ -70,8 +72,7 @@ lab: $(STAMP)
 	echo ""; \
 	echo "  commlab JupyterLab: http://127.0.0.1:$(PORT)/lab/tree/$(TOUR)?token=$$TOKEN"; \
 	echo ""; \
-	exec $(VENV)/bin/jupyter lab --ip 127.0.0.1 --port $(PORT) --ServerApp.port_retries=0 \
-	  --IdentityProvider.token=$$TOKEN \
+	JUPYTER_TOKEN=$$TOKEN exec $(VENV)/bin/jupyter lab --ip 127.0.0.1 --port $(PORT) --ServerApp.port_retries=0 \
 	  --ServerApp.root_dir="$(CURDIR)" \
 	  --LabApp.default_url=/lab/tree/$(TOUR) \
 	  --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
@@ -98,6 +99,15 @@ bench: $(STAMP)
 	done; \
 	[ $$found = 1 ] || echo "no benchmarks in bench/"; \
 	exit $$status
+
+# A notebook's source is notebooks/NN_name.py (jupytext percent format, settings in notebooks/jupytext.toml);
+# its .ipynb, committed for Binder and JupyterLab, is generated from it. --update keeps the cell ids (and any
+# outputs) of the existing .ipynb, so regenerating unchanged sources changes nothing.
+# tests/test_notebook_sources.py fails when a .ipynb differs from its source.
+notebooks: $(STAMP)
+	@for f in notebooks/[0-9]*.py; do \
+	  $(VENV)/bin/jupytext --update --to ipynb "$$f" || exit 1; \
+	done
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache notebooks/_out

@@ -137,7 +137,7 @@ def measure(technique: str, stage: int, *, steps: int, width: int, depth: int) -
 
     with tempfile.TemporaryDirectory() as out:
         mp.spawn(_worker, args=(free_port(), technique, stage, steps, width, depth, out), nprocs=WORLD, join=True)
-        got = [torch.load(os.path.join(out, f"{r}.pt")) for r in range(WORLD)]
+        got = [torch.load(os.path.join(out, f"{r}.pt"), weights_only=True) for r in range(WORLD)]
     return [g["peak"] for g in got], got[0]["dim"]
 
 

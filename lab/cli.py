@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lab.config import ALWAYS, COMMON, KNOBS, reads
-from lab.experiment import ExperimentConfig, run
+from lab.config import ALWAYS, COMMON, KNOBS, ExperimentConfig, reads
+from lab.experiment import run
 from lab.registry import techniques
 
 #: option names that read better than the field names
@@ -37,7 +37,8 @@ def _number(kind):
         try:
             return kind(text)
         except (ValueError, OverflowError):
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
     return parse
 
 
@@ -75,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
             group = common
         else:
             group = next(own[t] for t, cls in techniques().items() if name in cls.declared_knobs())
-        kw = {"dest": name, "type": TYPES[knob.type], "default": knob.default, "help": _help(name, knob)}
+        # options not given stay out of the config, so a technique's own defaults apply (lab.config.UNSET)
+        kw = {"dest": name, "type": TYPES[knob.type], "default": argparse.SUPPRESS, "help": _help(name, knob)}
         if knob.choices is not None:
             kw["metavar"] = "NAME"
         group.add_argument(_option(name), **kw)
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "techniques":
             print(list_techniques(args.name))
             return 0
-        config = ExperimentConfig(**{name: getattr(args, name) for name in KNOBS})
+        config = ExperimentConfig(**{name: getattr(args, name) for name in KNOBS if hasattr(args, name)})
         result = run(config, runs_dir=args.runs_dir, save=not args.no_save, progress=not args.quiet)
     except ValueError as e:
         print(f"commlab: error: {e}", file=sys.stderr)

@@ -23,12 +23,13 @@ import json
 
 from lab import pretrain, registry
 from lab.compress.error_feedback import FEEDBACK
-from lab.compress.registry import COMPRESSORS, reads_ratio
+from lab.compress.registry import COMPRESSORS, SCOPED, SCOPES, has_algorithms, reads_ratio
 from lab.data import DATASETS, PARTITIONS
 from lab.knobs import Knob, bad
 from lab.models import COMPATIBLE, MODELS
 from lab.schedule import SCHEDULES
 from lab.topology import ALL_REDUCE_CHOICES, PRESETS
+from lab.topology.compressed import CHOICES as COMPRESSED_CHOICES
 
 OPTIMIZERS = ("sgd", "adamw", "adam_mini")
 BACKENDS = ("simulated", "distributed")
@@ -37,6 +38,12 @@ BIG = 10**9  # upper bound of counts that size nothing by themselves
 
 def _tech(c):
     return registry.technique(c.technique)
+
+
+def _optimizer(c) -> str:
+    from lab.optim import optimizer_name
+
+    return optimizer_name(c)
 
 
 def _takes_compressor(c) -> bool:
@@ -60,7 +67,8 @@ COMMON: dict[str, Knob] = {
     "shards_per_worker": Knob(2, "label shards per worker for partition=shards", low=1, high=10_000,
                               read_when=lambda c: c.partition == "shards", why="only partition='shards' reads it"),
     "batch_size": Knob(32, "minibatch size per worker", low=1, high=65_536),
-    "lr": Knob(0.5, "learning rate (large values are allowed: divergence is reported, not prevented)", low=0.0,
+    "lr": Knob(0.5, "learning rate; left at 0.5, a technique that declares its own default_lr uses that "
+               "(large values are allowed: divergence is reported, not prevented)", low=0.0,
                low_open=True, high=1e30, scale="log"),
     "topology": Knob("nvlink_node", "network preset for simulated time", choices=tuple(PRESETS)),
     "all_reduce_algorithm": Knob("auto", "all-reduce algorithm of the cost model: auto (ring vs hierarchical/torus), "
@@ -84,29 +92,66 @@ COMMON: dict[str, Knob] = {
                            high=10**6, read_when=lambda c: pretrain.uses_backbone(c, _tech(c)),
                            why="the run starts from no pre-trained backbone (pretrained)"),
     # ---- the local optimizer: read by techniques that list LOCAL_OPTIMIZER (lab.technique) ----
-    "optimizer": Knob("sgd", "local optimizer", choices=OPTIMIZERS),
+    "optimizer": Knob("auto", "local optimizer ('auto': the technique's own, AdamW for diloco and streaming_diloco "
+                      "as in the DiLoCo paper, SGD otherwise; lab.optim)", choices=("auto",) + OPTIMIZERS),
     "momentum": Knob(0.0, "SGD momentum", low=0.0, high=1.0, high_open=True,
-                     read_when=lambda c: c.optimizer == "sgd", why="only optimizer='sgd' reads it"),
+                     read_when=lambda c: _optimizer(c) == "sgd", why="only optimizer='sgd' reads it",
+                     probe_with={"optimizer": "sgd"}),
+    "adam_beta1": Knob(0.9, "AdamW / Adam-mini beta1 (first-moment decay)", low=0.0, high=1.0, high_open=True,
+                       read_when=lambda c: _optimizer(c) in ("adamw", "adam_mini"),
+                       why="only optimizer='adamw' or 'adam_mini' reads it", probe_with={"optimizer": "adamw"}),
+    "adam_beta2": Knob(0.0, "AdamW / Adam-mini beta2 (second-moment decay; 0 = the technique's own: 0.95 for "
+                       "diloco and streaming_diloco as in the DiLoCo paper, torch's 0.999 otherwise)", low=0.0,
+                       low_open=True, high=1.0, high_open=True, special=(0.0,),
+                       read_when=lambda c: _optimizer(c) in ("adamw", "adam_mini"),
+                       why="only optimizer='adamw' or 'adam_mini' reads it", probe_with={"optimizer": "adamw"}),
     "weight_decay": Knob(0.0, "weight decay", low=0.0, high=1e3),
-    "grad_clip": Knob(0.0, "per-worker gradient-norm clip (0 = off)", low=0.0, high=1e9),
+    "grad_clip": Knob(0.0, "per-worker gradient-norm clip (0 = off)", low=0.0, high=1e9, probe=0.1),
     "lr_schedule": Knob("constant", "learning-rate schedule over `steps`", choices=SCHEDULES),
     "warmup_steps": Knob(0, "linear learning-rate warm-up steps", low=0, high=10**7),
     # ---- compression: read by techniques that declare a compressor_path ----
     "compressor": Knob("none", "compressor of what the technique sends (its compressor_path)", choices=COMPRESSORS),
-    "compression_ratio": Knob(1.0, "target traffic ratio: bytes sent / the dense all-reduce's, in (0, 1]", low=0.0,
-                              low_open=True, high=1.0, scale="log",
+    "compression_ratio": Knob(1.0, "target TRAFFIC ratio in (0, 1]: bytes the busiest rank sends per exchange / "
+                              "the dense exchange's (fp32 ring all-reduce; dense upload on an uplink), mapped "
+                              "through the chosen algorithm at this P to the compressor's own parameter "
+                              "(lab.compress.channel)", low=0.0, low_open=True, high=1.0, scale="log",
                               read_when=lambda c: reads_ratio(c.compressor),
-                              why="the chosen compressor has a fixed size (see lab.compress.registry)"),
+                              why="the chosen compressor has a fixed size (see lab.compress.registry)",
+                              probe_with={"compressor": "randk"}),
+    "compress_scope": Knob("layer", "top-k, scaled sign, QSGD: per parameter tensor ('layer') or over the whole "
+                           "vector ('global')", choices=SCOPES, read_when=lambda c: c.compressor in SCOPED,
+                           why="only compressors " + ", ".join(SCOPED) + " have a scope",
+                           probe_with={"compressor": "qsgd", "compression_ratio": 0.1}),
+    "compress_algorithm": Knob("auto", "how compressed payloads are all-reduced: auto (two-phase; the server on a "
+                               "star), cheapest, or pinned (lab.topology.compressed)", choices=COMPRESSED_CHOICES,
+                               read_when=lambda c: has_algorithms(c.compressor) and _tech(c).compressor_path not in (
+                                   "uplink", "downlink"),
+                               why="the compressor has one way across ranks (summable or all-gathered), or the "
+                                   "technique compresses a federated uplink",
+                               probe="all_gather", probe_with={"compressor": "qsgd", "compression_ratio": 0.1}),
+    "powersgd_start_iter": Knob(0, "compressor=powersgd: exchanges all-reduced uncompressed before PowerSGD starts "
+                                "(torch's start_powerSGD_iter; 10 there, 0 in the paper)", low=0, high=10**7,
+                                read_when=lambda c: c.compressor == "powersgd",
+                                why="only compressor='powersgd' reads it",
+                                probe_with={"compressor": "powersgd", "compression_ratio": 0.1}),
     "error_feedback": Knob("ef", "error feedback around the compressor", choices=tuple(FEEDBACK),
                            read_when=lambda c: c.compressor != "none" or not _takes_compressor(c),
-                           why="no compressor is set (compressor='none')"),
+                           why="no compressor is set (compressor='none')",
+                           probe_with={"compressor": "topk", "compression_ratio": 0.1}),
     "econtrol_eta": Knob(0.0, "error_feedback=econtrol: weight eta of the fed-back error (0 = the compressor's "
                          "contraction delta, k/d for top-k; eta > delta can diverge and warns)", low=0.0, high=1.0,
                          read_when=lambda c: c.error_feedback == "econtrol",
-                         why="only error_feedback='econtrol' reads it"),
+                         why="only error_feedback='econtrol' reads it",
+                         probe=0.02,
+                         probe_with={"compressor": "topk", "compression_ratio": 0.1, "error_feedback": "econtrol"}),
 }
 #: what a technique with a compressor_path reads
-COMPRESSOR_FIELDS = ("compressor", "compression_ratio", "error_feedback", "econtrol_eta")
+COMPRESSOR_FIELDS = ("compressor", "compression_ratio", "compress_scope", "compress_algorithm", "error_feedback",
+                     "econtrol_eta", "powersgd_start_iter")
+FEEDBACK_FIELDS = ("error_feedback", "econtrol_eta")
+#: compressor fields of an all-reduce among the workers: not read where a technique compresses a federated
+#: uplink or downlink (the server decodes messages one by one; PowerSGD is refused there)
+ALL_REDUCE_FIELDS = ("compress_algorithm", "powersgd_start_iter")
 #: common knobs every technique reads (the rest are read only by techniques that list them)
 ALWAYS = ("technique", "num_workers", "steps", "rounds", "dataset", "model", "partition", "dirichlet_alpha",
           "shards_per_worker", "batch_size", "lr", "topology", "all_reduce_algorithm", "slow_ranks",
@@ -133,7 +178,9 @@ def reads(technique_name: str) -> frozenset[str]:
     cls = registry.technique(technique_name)
     own = set(ALWAYS) | cls.read_fields()
     if cls.compressor_path is not None:
-        own |= set(COMPRESSOR_FIELDS if cls.takes_feedback else COMPRESSOR_FIELDS[:2])
+        own |= set(f for f in COMPRESSOR_FIELDS if cls.takes_feedback or f not in FEEDBACK_FIELDS)
+        if cls.compressor_path in ("uplink", "downlink"):
+            own -= set(ALL_REDUCE_FIELDS)
     return frozenset(own)
 
 
@@ -148,9 +195,32 @@ def is_read(config, field: str) -> tuple[bool, str]:
     return True, ""
 
 
+class _Unset:
+    """The dataclass default of every field: a field left out takes the technique's own default (its
+    `defaults`, `default_lr`) or else the knob's, so a value the user passes is never replaced."""
+
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+UNSET = _Unset()
+
+
 def _post_init(self):
+    unset = {name for name in KNOBS if getattr(self, name) is UNSET}
+    if "technique" in unset:
+        object.__setattr__(self, "technique", KNOBS["technique"].default)
+    object.__setattr__(self, "technique", KNOBS["technique"].check("technique", self.technique))
+    tech = registry.technique(self.technique)
+    own = tech.own_defaults()
     for name, knob in KNOBS.items():
-        object.__setattr__(self, name, knob.check(name, getattr(self, name)))
+        value = getattr(self, name)
+        if value is UNSET:
+            value = own.get(name, knob.default)
+        object.__setattr__(self, name, knob.check(name, value))
+    own_lr = tech.default_lr  # a technique's own rate is for its own default optimizer (lab.optim)
+    if "lr" in unset and own_lr is not None and _optimizer(self) == tech.default_optimizer:
+        object.__setattr__(self, "lr", float(own_lr))  # the config holds the rate really applied
     for name, knob in KNOBS.items():
         if getattr(self, name) != knob.default:
             ok, why = is_read(self, name)
@@ -208,7 +278,7 @@ def _diff(self) -> dict:
 KNOBS = all_knobs()
 ExperimentConfig = dataclasses.make_dataclass(
     "ExperimentConfig",
-    [(name, knob.type, dataclasses.field(default=knob.default, metadata={"knob": knob, "help": knob.help,
+    [(name, knob.type, dataclasses.field(default=UNSET, metadata={"knob": knob, "help": knob.help,
                                                                          **({"choices": knob.choices}
                                                                             if knob.choices else {})}))
      for name, knob in KNOBS.items()],
@@ -232,7 +302,8 @@ def config_for(technique: str, **settings):
     kept = {k: v for k, v in settings.items() if k in reads(technique)}
     draft = ExperimentConfig.__new__(ExperimentConfig)  # unvalidated, to evaluate read_when conditions
     for name, knob in KNOBS.items():
-        object.__setattr__(draft, name, kept.get(name, knob.default))
+        object.__setattr__(draft, name, kept.get(name, registry.technique(technique).own_defaults().get(
+            name, knob.default)))
     object.__setattr__(draft, "technique", technique)
     kept = {k: v for k, v in kept.items() if KNOBS[k].read_when is None or KNOBS[k].read_when(draft)}
     return ExperimentConfig(technique=technique, **kept)

@@ -1,14 +1,18 @@
 """Experiments: a validated config, `run(config)`, and Runs that persist and load back.
 
-`ExperimentConfig` is checked on construction: a bad value raises ValueError
-naming the field, the value and what is allowed. `run(config)` trains with the
+`ExperimentConfig` (`lab.config`, re-exported here) is checked on construction:
+a bad value, a knob the technique does not read or a cross-field rule raises
+ValueError naming the field, the value and what is allowed. What needs the data
+or the machine is checked when the run starts, before the model is replicated:
+a batch larger than the smallest worker's shard (`batch_size`), and the memory
+the run would need (`lab.budget`). `run(config)` trains with the
 chosen technique, simulated in one process or on a torch.distributed process
 group (`backend='distributed'` under torchrun), and returns a `Run` whose
 `metrics` is a tidy table, one row per round:
 
   step, round, loss, eval_loss, eval_accuracy, bytes, bytes_peer, bytes_inter,
   bytes_uplink, bytes_downlink, comm_seconds, compute_seconds, sim_seconds,
-  wall_seconds, plus technique columns (e.g. sync_period, measured_ratio)
+  wall_seconds, plus technique columns (e.g. sync_period, payload_ratio, traffic_ratio)
 
 `bytes` counts every byte every rank sent (downlink counted at the receiving
 client); `sim_seconds` is the simulated clock (compute from the topology's
@@ -36,8 +40,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lab import pretrain
-from lab import topology as topo
+from lab import pretrain, topology as topo
+from lab.budget import check_memory
 from lab.clock import Clock
 from lab.cluster import Cluster
 from lab.comm import Ledger, SimulatedCollective
@@ -46,11 +50,9 @@ from lab.data import RankBatches, load_dataset, partition
 from lab.knobs import bad
 from lab.models import build_model
 from lab.optim import make_optimizer
-from lab.registry import technique as technique_class
-from lab.registry import techniques
-from lab.runs import Run, default_runs_dir, new_run_dir, runs_table, write_status
-from lab.runs import save as save_run
-from lab.technique import Diverged, TrainContext
+from lab.registry import technique as technique_class, techniques
+from lab.runs import Run, begin as begin_run, default_runs_dir, new_run_dir, runs_table, save as save_run, write_status
+from lab.technique import Diverged, Stopped, TrainContext
 
 __all__ = ["ExperimentConfig", "Run", "build_context", "config_for", "make_optimizer", "run", "runs_table",
            "techniques"]
@@ -59,6 +61,14 @@ __all__ = ["ExperimentConfig", "Run", "build_context", "config_for", "make_optim
 def build_context(config: ExperimentConfig, *, collective=None) -> tuple[TrainContext, object]:
     """Everything a technique needs, for the ranks this process holds."""
     torch.manual_seed(config.seed)
+    tech = technique_class(config.technique)
+    # the fine-tuning part of the data when the run starts from a pre-trained backbone (lab.pretrain)
+    data = pretrain.task_data(config, load_dataset(config.dataset, seed=config.seed, num_workers=config.num_workers),
+                              tech)
+    spec = build_model(config.model, data, seed=config.seed)
+    local = None if collective is None and config.backend == "simulated" else 1
+    check_memory(config, dim=sum(p.numel() for p in spec.module.parameters()),
+                 example_numel=data.x_train[0].numel(), num_local=local)
     topology = topo.for_config(config)  # the preset, with the pinned algorithm and any slow ranks
     ledger = Ledger(topology)
     ledger.clock = Clock(config.num_workers, speed=topology.rank_speed)
@@ -73,10 +83,6 @@ def build_context(config: ExperimentConfig, *, collective=None) -> tuple[TrainCo
         collective = SimulatedCollective(world_size=config.num_workers, ledger=ledger)
     else:
         collective.ledger = ledger
-    tech = technique_class(config.technique)
-    # the fine-tuning part of the data when the run starts from a pre-trained backbone (lab.pretrain)
-    data = pretrain.task_data(config, load_dataset(config.dataset, seed=config.seed, num_workers=config.num_workers),
-                              tech)
     shards = partition(data.num_train, data.labels, scheme=config.partition, num_workers=config.num_workers,
                        seed=config.seed, alpha=config.dirichlet_alpha, shards_per_worker=config.shards_per_worker,
                        min_size=config.batch_size if config.partition == "dirichlet" else 1)
@@ -84,7 +90,6 @@ def build_context(config: ExperimentConfig, *, collective=None) -> tuple[TrainCo
     if config.batch_size > smallest:
         bad("batch_size", config.batch_size, f"at most the smallest worker's shard ({smallest} examples with "
              f"{config.num_workers} workers on {config.dataset})")
-    spec = build_model(config.model, data, seed=config.seed)
     pretrain.load_backbone(config, spec.module, tech)
     cluster = Cluster(spec.module, num_workers=config.num_workers, loss_fn=spec.loss_fn, ranks=collective.ranks)
     batches = RankBatches(data.x_train, data.y_train, shards, batch_size=config.batch_size, seed=config.seed,
@@ -112,7 +117,7 @@ def run(config: ExperimentConfig, *, runs_dir: str | Path | None = None, save: b
     is_writer = collective is None and config.backend == "simulated" or _is_rank0(collective)
     if save and is_writer:
         run_.path = new_run_dir(Path(runs_dir) if runs_dir is not None else default_runs_dir(), config)
-        save_run(run_)
+        begin_run(run_)
     rows: list[dict] = []
     ctx = None
 
@@ -131,6 +136,7 @@ def run(config: ExperimentConfig, *, runs_dir: str | Path | None = None, save: b
     with _sigterm_interrupts():
         try:
             ctx, data = build_context(config, collective=collective)
+            ctx.stop = stop
             technique = technique_class(config.technique)(config)
             technique.setup(ctx)
             if run_.path is not None:
@@ -144,6 +150,8 @@ def run(config: ExperimentConfig, *, runs_dir: str | Path | None = None, save: b
             _train(ctx, data, technique, run_, rows, bar=bar, callback=callback, stop=stop)
             done = ctx.rounds >= config.rounds if technique.budget == "rounds" else ctx.step >= config.steps
             finish("finished" if done else "stopped")
+        except Stopped:
+            finish("stopped")
         except Diverged as d:
             run_.divergence = {"step": d.step, "quantity": d.quantity}
             finish("diverged", str(d))

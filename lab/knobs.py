@@ -9,12 +9,20 @@ option and help text, and the widget's control and its min/max.
 `read_when(config) -> bool` marks a knob that is only read under a condition
 (e.g. `dirichlet_alpha` only with `partition='dirichlet'`); `why` says the
 condition in words for the refusal message.
+
+`probe` and `probe_with` serve the contract tests (tests/test_contracts.py), which
+move every knob off its default in a tiny run and demand that the bytes or the
+metrics change: `probe_values(current)` gives the values they try (`probe` first,
+then other choices, or nearby values inside the bounds), and `probe_with` the
+other settings under which the knob is read and has an effect (e.g.
+`error_feedback` with `compressor='topk'`).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 
 def bad(name: str, value, allowed: str):
@@ -38,6 +46,10 @@ class Knob:
     why: str = ""  # the condition of `read_when`, in words
     #: how the widget shows a float: 'linear' or 'log' (a slider over decades)
     scale: str = "linear"
+    #: a valid non-default value whose effect shows in a tiny run (tried first by the contract tests)
+    probe: Any = None
+    #: other config settings under which the knob is read and matters, e.g. {"compressor": "topk"}
+    probe_with: dict = field(default_factory=dict, hash=False)
 
     def __post_init__(self):
         assert type(self.default) in (int, float, str, bool), f"knob default {self.default!r} has no config type"
@@ -62,6 +74,33 @@ class Knob:
         if self.special:
             text += " or " + " or ".join(map(repr, self.special))
         return text
+
+    def probe_values(self, current) -> list:
+        """Valid values other than `current` to move the knob to, most telling first: `probe`, then the
+        other choices (or the other bool), or for numbers 0 -> 1, 0.5, 0.1 and otherwise twice, half and
+        one step either side of `current`, kept inside the bounds."""
+        if self.choices is not None:
+            out = [c for c in self.choices if c != current]
+        elif self.type is bool:
+            out = [not current]
+        elif self.type is str:
+            out = []
+        elif self.type is int:
+            out = [1, 2, 4] if current == 0 else [current * 2, current // 2, current + 1, current - 1]
+        else:
+            out = [0.5, 0.1, 1.0, 2.0] if current == 0 else [current * 2, current / 2, current * 1.5,
+                                                             current * 0.9]
+        if self.probe is not None:
+            out = [self.probe] + [v for v in out if v != self.probe]
+        keep = []
+        for v in out:
+            try:
+                v = self.check("probe", v)
+            except ValueError:
+                continue
+            if v != current and v not in keep:
+                keep.append(v)
+        return keep
 
     def check(self, name: str, value):
         """The value coerced to the knob's type (ints to float for float knobs); ValueError if not allowed."""

@@ -9,13 +9,13 @@ family's `TECHNIQUES`.
 from __future__ import annotations
 
 import importlib
-from functools import lru_cache
+from functools import cache
 
 #: the family packages, in the order the CLI and widgets list their techniques
-FAMILIES = ("lab.sync", "lab.sharding", "lab.zeroth_order", "lab.lora", "lab.moe")
+FAMILIES = ("lab.sync", "lab.sharding", "lab.zeroth_order", "lab.lora", "lab.moe", "lab.sequence")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _collect() -> tuple:
     out = {}
     for family in FAMILIES:

@@ -65,7 +65,7 @@ class Run:
                 "wall_seconds": float(last.wall_seconds) if last is not None else 0.0}
 
     @classmethod
-    def load(cls, path) -> "Run":
+    def load(cls, path) -> Run:
         """A run directory as it is on disk; a run whose process died reads as status 'crashed'."""
         path = Path(path)
         state = read_status(path)
@@ -128,6 +128,12 @@ def _alive(pid, host) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def begin(run: Run) -> None:
+    """Before the first step: the config and status 'starting', so no run directory is ever empty."""
+    atomic_write(run.path / "config.json", lambda t: t.write_text(json.dumps(run.config.to_dict(), indent=2)))
+    write_status(run.path, "starting")
 
 
 def save(run: Run) -> None:

@@ -21,6 +21,10 @@ from lab.schedule import lr_at
 from lab.topology import Topology
 
 
+class Stopped(Exception):
+    """The user's Stop, seen at the next local step: the run ends with status 'stopped', finished rows kept."""
+
+
 class Diverged(Exception):
     """A non-finite loss, gradient or parameter: the run stops at `step` with status 'diverged'."""
 
@@ -31,7 +35,7 @@ class Diverged(Exception):
 
 @dataclass
 class TrainContext:
-    config: object  # lab.experiment.ExperimentConfig
+    config: object  # lab.config.ExperimentConfig
     cluster: Cluster
     collective: Collective
     ledger: Ledger
@@ -48,6 +52,8 @@ class TrainContext:
     data: object = None
     #: the simulated per-rank timeline (lab.clock.Clock), fed by the Ledger and `compute_seconds`; None by hand
     clock: object = None
+    #: a threading.Event the user sets to stop the run (checked every local step); None when built by hand
+    stop: object = None
 
     @property
     def step_compute_seconds(self) -> float:
@@ -60,6 +66,7 @@ class TrainContext:
         `grad_hook(grad (n, d)) -> (n, d)` runs between backward and the optimizer
         step (where DDP communicates); clipping, if configured, follows it.
         """
+        self.check_stop()
         self.ledger.step = self.step
         lr = self.lr_now()
         for group in self.optimizer.param_groups:
@@ -77,6 +84,11 @@ class TrainContext:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return losses
+
+    def check_stop(self) -> None:
+        """Raise Stopped if the run's stop event is set: called every local step, so Stop acts within one step."""
+        if self.stop is not None and self.stop.is_set():
+            raise Stopped()
 
     def guard(self, quantity: str, x: torch.Tensor) -> None:
         """Raise Diverged if `x` holds a NaN or inf (unless `on_divergence='continue'`)."""
@@ -100,7 +112,8 @@ class RoundResult:
 
 
 #: the common config fields of the local optimizer, for techniques that step `ctx.optimizer`
-LOCAL_OPTIMIZER = ("optimizer", "momentum", "weight_decay", "grad_clip", "lr_schedule", "warmup_steps")
+LOCAL_OPTIMIZER = ("optimizer", "momentum", "weight_decay", "grad_clip", "lr_schedule", "warmup_steps", "adam_beta1",
+                   "adam_beta2")
 
 #: where a technique takes a compressor (what it compresses)
 COMPRESSOR_PATHS = {
@@ -137,8 +150,21 @@ class Technique:
     compressor_path: str | None = None
     #: with a compressor: whether it reads `error_feedback` (False where the technique corrects the error itself)
     takes_feedback: bool = True
+    #: the learning rate used when the config leaves `lr` at the shared default (where that default diverges)
+    default_lr: float | None = None
+    #: this technique's own defaults of knobs it reads, used where the config leaves a knob at the shared
+    #: default (e.g. D-PSGD gossips every step: {'sync_period': 1}); the config then holds the applied value
+    defaults: dict = {}
+    #: the local optimizer under `optimizer='auto'`, and AdamW's β2 under `adam_beta2=0` (lab.optim); `default_lr`
+    #: applies only with this optimizer
+    default_optimizer: str = "sgd"
+    default_adam_beta2: float = 0.999
     #: fields shown in the chart label beside the technique's name (e.g. its period H)
     label_knobs: tuple = ()
+    #: settings the contract tests (tests/test_contracts.py) add to their tiny run of this technique (4 workers,
+    #: 8 steps or 2 rounds), where the defaults would show nothing in it or be slow: e.g. a sync period that fits
+    #: in 8 steps, a compatible dataset and model, smaller search sizes. Merged along the class hierarchy.
+    contract_settings: dict = {}
 
     def __init__(self, config):
         self.config = config
@@ -153,6 +179,16 @@ class Technique:
     def read_fields(cls) -> frozenset[str]:
         """Names of the technique-specific config fields this technique reads (declared or referenced)."""
         return frozenset(cls.declared_knobs()) | frozenset(merged(_lineage(cls), "reads"))
+
+    @classmethod
+    def contract_setup(cls) -> dict:
+        """`contract_settings` of this class and its bases (a subclass's win)."""
+        return merged(_lineage(cls), "contract_settings")
+
+    @classmethod
+    def own_defaults(cls) -> dict:
+        """`defaults` of this class and its bases (a subclass's win)."""
+        return merged(_lineage(cls), "defaults")
 
     @classmethod
     def check(cls, config) -> None:

@@ -196,7 +196,6 @@ def jupyter_server(tmp_path_factory) -> JupyterServer:
         "--ip", "127.0.0.1",
         "--port", str(port),
         "--ServerApp.port_retries=0",
-        f"--IdentityProvider.token={token}",
         f"--ServerApp.root_dir={REPO_ROOT}",
         f"--LabApp.workspaces_dir={state / 'workspaces'}",
         f"--LabApp.user_settings_dir={state / 'settings'}",
@@ -204,7 +203,8 @@ def jupyter_server(tmp_path_factory) -> JupyterServer:
     ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")
-    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(state / "runtime"), PYTHONUNBUFFERED="1")
+    # the token travels in the environment, never on the command line (`ps` shows argv)
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(state / "runtime"), PYTHONUNBUFFERED="1", JUPYTER_TOKEN=token)
     # The kernels must run this environment even if PATH points elsewhere.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
 

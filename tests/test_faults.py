@@ -85,10 +85,45 @@ def test_a_stalled_run_completes_no_round_after_the_failure():
     assert r.metrics.bytes.iloc[2] == r.metrics.bytes.iloc[-1]  # nothing is sent while the server waits
 
 
+def test_in_round_failures_are_silent_transient_and_drawn_apart_from_dropouts():
+    f = ClientFaults(num_clients=10, seed=1, fail_prob=0.3, dropout_prob=0.2)
+    plan = f.plan(list(range(10)), round_index=3, steps=STEPS, step_seconds=1.0)
+    assert plan.failed and not set(plan.failed) & set(plan.participants) and not set(plan.failed) & set(plan.dropped)
+    assert plan.stalled  # no deadline: the server waits for a client that crashed without a word
+    assert torch.equal(f.draws(3)[0], ClientFaults(num_clients=10, seed=1, dropout_prob=0.2).draws(3)[0])
+    later = f.plan(list(range(10)), round_index=4, steps=STEPS, step_seconds=1.0)
+    assert later.failed != plan.failed and set(plan.failed) & set(later.participants)  # back the next round
+    g = ClientFaults(num_clients=10, seed=1, fail_prob=0.3, dropout_prob=0.2, deadline=1.5)
+    timed = g.plan(list(range(10)), round_index=3, steps=STEPS, step_seconds=1.0)
+    assert not timed.stalled and timed.failed == plan.failed and timed.seconds == 15.0
+    rates = torch.stack([f.fails(r) for r in range(400)]).double().mean()
+    assert abs(float(rates) - 0.3) < 0.02  # 4000 draws: 3 standard errors is 0.022
+
+
+def test_clients_that_leave_come_back_and_late_joiners_are_not_sampled_before_they_join():
+    f = ClientFaults(num_clients=10, seed=0, num_stop=3, stop_round=2, return_round=5, num_join=2, join_round=3)
+    away = sorted(f.stopping)
+    assert [all(f.alive(c, r) for c in away) for r in range(7)] == [True, True, False, False, False, True, True]
+    assert not f.joining & f.stopping and f.members(2) == sorted(set(range(10)) - f.joining)
+    r = run(ExperimentConfig(technique="fedavg", num_workers=10, rounds=7, local_steps=2, clients_stop=3, stop_round=2,
+                             return_round=5, clients_join=2, join_round=3, round_deadline=1.5, topology="phones"), save=False,
+            progress=False)
+    sampled = [{int(c) for c in s.split(",")} for s in r.metrics.sampled]
+    took_part = [set(participants_of(row)) for _, row in r.metrics.iterrows()]
+    joiners = set(range(10)) - sampled[0]
+    assert len(joiners) == 2 and all(not joiners & s for s in sampled[:3]) and all(joiners <= s for s in sampled[3:])
+    left = set(range(10)) - took_part[3] - joiners
+    assert len(left) == 3 and all(not left & p for p in took_part[2:5]) and left <= took_part[5]
+    assert r.metrics.round_completed.all()
+
+
 @pytest.mark.parametrize("bad,named", [({"dropout_prob": 1.0}, "dropout_prob=1.0"),
+                                       ({"fail_prob": 1.0}, "fail_prob=1.0"),
+                                       ({"clients_stop": 2, "stop_round": 3, "return_round": 3}, "return_round=3"),
+                                       ({"clients_stop": 4, "clients_join": 4}, "clients_join=4"),
                                        ({"round_deadline": 0.5}, "round_deadline=0.5"),
                                        ({"clients_stop": 9}, "clients_stop=9"),
                                        ({"straggler_slowdown": 0.5}, "straggler_slowdown=0.5")])
 def test_bad_fault_settings_are_refused(bad, named):
     with pytest.raises(ValueError, match=named):
-        ExperimentConfig(num_workers=8, **bad)
+        ExperimentConfig(technique="fedavg", num_workers=8, **bad)

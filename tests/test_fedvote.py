@@ -39,7 +39,8 @@ def test_sign_flipping_minority_costs_fedvote_under_five_points_and_fedavg_more(
     acc = {}
     for tech, kw in (("fedvote", {}), ("fedavg", {"lr": 0.5})):
         for byz in (0, 3):
-            r = quick(technique=tech, byzantine_clients=byz, byzantine_scale=4.0, **{**COMMON, **kw})
+            scale = {"byzantine_scale": 4.0} if byz and tech == "fedavg" else {}  # a flipped vote has no scale
+            r = quick(technique=tech, byzantine_clients=byz, **scale, **{**COMMON, **kw})
             acc[tech, byz] = r.summary()["eval_accuracy"]
     assert acc["fedvote", 0] > 0.7 and acc["fedavg", 0] > 0.85  # both learn when clean
     assert abs(acc["fedvote", 3] - acc["fedvote", 0]) <= 0.05

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from lab import registry
 from lab.experiment import ExperimentConfig, run
 from lab.schedule import lr_at
 from lab.sync.qsr import qsr_period
@@ -59,3 +60,14 @@ def test_power_of_two_schedule_makes_h_piecewise_constant():
     lrs = r.metrics.lr
     assert all(math.log2(v) == round(math.log2(v)) for v in lrs)
     assert r.metrics.sync_period.nunique() < len(r.metrics) / 3
+
+
+def test_topk_qsr_sends_fewer_bytes_than_dense_qsr_on_the_same_sync_periods():
+    dense = quick(technique="qsr", qsr_alpha=0.03, steps=60)
+    topk = quick(technique="qsr", qsr_alpha=0.03, steps=60, compressor="topk", compression_ratio=0.1)
+    # QSR inherits Local SGD's compressed pseudo-gradients; its period rule does not see the compressor
+    assert topk.metrics.sync_period.tolist() == dense.metrics.sync_period.tolist()
+    assert topk.summary()["bytes"] <= 0.5 * dense.summary()["bytes"]
+    assert (topk.metrics.payload_ratio < 0.25).all()
+    assert set(topk.ledger.tag) == {"pseudo_grad"}
+    assert "topk r=0.1" in registry.technique("qsr").describe(topk.config)

@@ -60,7 +60,7 @@ def test_uplink_bytes_two_vectors_for_scaffold_one_compressed_for_scallion():
     assert sc.metrics.bytes_downlink.iloc[-1] == 2 * 3 * 8 * d  # x and c
     k = int((0.1 * 4 * d - 8) // 4)
     assert sl.metrics.bytes_uplink.iloc[-1] == 2 * 3 * (4 * k + 8)  # k values + the 8-byte seed
-    assert sl.metrics.measured_ratio.iloc[-1] <= 0.1
+    assert sl.metrics.payload_ratio.iloc[-1] <= 0.1 and sl.metrics.traffic_ratio.iloc[-1] <= 0.1  # the uplink
     assert (sl.metrics.num_participants == 3).all()
 
 

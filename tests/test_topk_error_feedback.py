@@ -3,7 +3,8 @@
 The problem is the spec's three-client counterexample (sync_and_compression.md §B1,
 Appendix A.1): f_i(x) = (a_i·x)² + ½||x||², a least-squares objective with optimum 0;
 distributed gradient descent (step 0.05, 300 steps, float64) averaging each client's
-Top-1 gradient through a compressed channel (packets all-gathered, decoded in rank order).
+Top-1 gradient through a compressed channel (packets all-gathered, decoded in rank order: the algorithm is
+pinned to 'all_gather', since two-phase would compress each client's 3 coordinates in 3 one-value chunks).
 """
 import pytest
 import torch
@@ -12,9 +13,6 @@ from lab.comm import Ledger, SimulatedCollective
 from lab.compress import Channel, EControl, TopK, make_feedback
 from lab.topology import preset
 
-
-
-
 A = torch.tensor([[-3.0, 2, 2], [2, -3, 2], [2, 2, -3]], dtype=torch.float64)
 
 
@@ -22,7 +20,8 @@ def distributed_gd(feedback: str, steps: int = 300, lr: float = 0.05, eta: float
     comp = TopK(k=1)
     fb = EControl(comp, eta=eta) if feedback == "econtrol" else make_feedback(feedback, comp)  # eta=0.0 is EF21
     channel = Channel(comp, fb)
-    coll = SimulatedCollective(world_size=3, ledger=Ledger(preset("nvlink_node", 3)))
+    topology = preset("nvlink_node", 3).pin({"compressed_all_reduce": "all_gather"})
+    coll = SimulatedCollective(world_size=3, ledger=Ledger(topology))
     x = torch.ones(3, dtype=torch.float64)
     for _ in range(steps):
         g = 2 * (A @ x).unsqueeze(1) * A + x  # (3 clients, d) gradients at the shared x
@@ -66,9 +65,9 @@ def test_topk_switches_to_a_bitmap_when_it_is_smaller_and_decodes_exactly():
     assert int((dec != 0).sum(1).max()) == k
 
 
-def test_measured_ratio_is_packet_bytes_over_dense_bytes():
+def test_payload_ratio_is_packet_bytes_over_dense_bytes():
     v = torch.randn(2, 10_000)
     comp = TopK(ratio=0.01)
     pkt = comp.compress(v)
-    assert comp.measured_ratio(pkt, 10_000) == pkt.nbytes() / 40_000
-    assert 0.0099 <= comp.measured_ratio(pkt, 10_000) <= 0.01
+    assert comp.payload_ratio(pkt, 10_000) == pkt.nbytes() / 40_000
+    assert 0.0099 <= comp.payload_ratio(pkt, 10_000) <= 0.01

@@ -9,8 +9,7 @@ import ipywidgets as ipw
 import pandas as pd
 
 import widgets
-from lab import registry
-from lab import topology as topo
+from lab import registry, topology as topo
 from lab.compress.registry import COMPRESSORS
 from lab.config import KNOBS
 from lab.experiment import ExperimentConfig, run

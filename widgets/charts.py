@@ -22,6 +22,8 @@ X_AXES = {
     "bytes": ("bytes sent, all ranks (log)", True, "~s"),
     "sim_seconds": ("simulated seconds", False, "~g"),
 }
+#: pixels a legend label may take before it is cut with "…" (run labels carry the technique's settings)
+LEGEND_LABEL_LIMIT = 520
 #: the columns charts use; others are dropped so the spec stays small
 COLUMNS = ["label", "topology", "step", "round", "loss", "eval_loss", "eval_accuracy", "bytes", "sim_seconds"]
 
@@ -88,7 +90,7 @@ def loss_chart(df: pd.DataFrame | None, x: str = "step", *, y: str = "loss", log
              .mark_line(point=alt.OverlayMarkDef(size=10), clip=True)
              .encode(x=x_enc,
                      y=alt.Y(f"{y}:Q", title=y, scale=alt.Scale(zero=False)),
-                     color=alt.Color("label:N", title="run", legend=alt.Legend(orient="bottom", columns=2)),
+                     color=alt.Color("label:N", title="run", legend=alt.Legend(orient="bottom", columns=2, labelLimit=LEGEND_LABEL_LIMIT)),
                      order=alt.Order("step:Q"),
                      tooltip=["label:N", "step:Q", "round:Q", alt.Tooltip(f"{y}:Q", format=".4f"),
                               alt.Tooltip("bytes:Q", format=".3s"), alt.Tooltip("sim_seconds:Q", format=".3g")])

@@ -33,7 +33,7 @@ from widgets.charts import frame, loss_chart
 from widgets.knobs import compression_ratio_slider, compressor_picker
 from widgets.technique_knobs import FieldRow, draft, field_control, field_help
 
-_STYLE = {"description_width": "9em"}
+_STYLE = {"description_width": "10em"}
 FEEDBACK_LABELS = {"none": "none (drop what is not sent)", "ef": "EF (residual memory)",
                    "ef21": "EF21 (gradient estimate)", "econtrol": "EControl (estimate + fed-back error)"}
 #: metrics columns (or probe keys) of a compression ratio, preferred first, with the name a view shows
@@ -74,6 +74,7 @@ class CompressionKnobs(w.VBox):
                      "econtrol_eta": FieldRow("econtrol_eta", self.eta)}
         self.readout = w.HTML()
         for knob in (self.compressor, self.ratio, self.feedback, self.eta):
+            knob.layout.width = "30em"
             knob.observe(self._update, names="value")
         super().__init__([*self.rows.values(), self.readout])
         self._update()
@@ -115,18 +116,22 @@ class CompressionKnobs(w.VBox):
         shown = [f"{label} <b>{k[key]:.4g}</b>" for key, label in RATIOS[:2] if k.get(key) is not None]
         if not shown and "measured_ratio" in k:
             shown = [f"payload ratio <b>{k['measured_ratio']:.4g}</b>"]
-        self.readout.value = (f"<b>{html.escape(name)}</b>: {html.escape(k['parameter'] or '-')} → "
+        via = f" via {html.escape(k['algorithm'])}" if k.get("algorithm") else ""
+        self.readout.value = (f"<b>{html.escape(name)}</b>: {html.escape(k['parameter'] or '-')}{via} → "
                               + " · ".join(shown)
                               + f" (knob {k['target']:.3g}; {html.escape(k['how'])})")
 
 
 def compressor_frame(runs: dict) -> pd.DataFrame:
-    """{label: Run} -> one tidy table whose labels carry each run's ratio, saying which (traffic, else payload)."""
+    """{label: Run} -> one tidy table whose labels carry each run's ratio, saying which (traffic, else payload;
+    'uncompressed' for a run without a compressor)."""
     labelled = {}
     for label, r in runs.items():
         ratio = ratio_of(r.metrics) if len(r.metrics) else None
-        name, value = ratio if ratio is not None else ("ratio", 1.0)  # a dense run
-        labelled[f"{label} ({name} {value:.3g})"] = r
+        if ratio is not None:
+            labelled[f"{label} ({ratio[0]} {ratio[1]:.3g})"] = r
+        else:
+            labelled[f"{label} ({'uncompressed' if r.config.compressor == 'none' else 'ratio not reported'})"] = r
     return frame(labelled)
 
 

@@ -12,13 +12,19 @@ import html
 
 import ipywidgets as w
 
-from lab import registry
-from lab import topology as topo
+from lab import registry, topology as topo
 from lab.config import KNOBS, ExperimentConfig, config_for, is_read
-from widgets.technique_knobs import (TechniqueKnobs, draft, field_control, field_help, set_sharding_options,
-                                     settings_of, sharding_degree_control)
+from widgets.technique_knobs import (
+    TechniqueKnobs,
+    draft,
+    field_control,
+    field_help,
+    set_sharding_options,
+    settings_of,
+    sharding_degree_control,
+)
 
-_STYLE = {"description_width": "9em"}
+_STYLE = {"description_width": "10em"}
 #: the common knobs the panel shows above the technique's own, one row each
 MAIN_ROWS = (("technique", "topology"), ("num_workers", "steps", "rounds"), ("lr", "batch_size"),
              ("partition", "dirichlet_alpha", "shards_per_worker"))
@@ -90,10 +96,12 @@ class KnobPanel(w.VBox):
         main = [n for row in MAIN_ROWS for n in row]
         self.technique = technique_picker(b["technique"])
         self.topology = topology_picker(b["topology"])
+        for picker in (self.technique, self.topology):
+            picker.layout.width = "34em"
         self.main = {"technique": self.technique, "topology": self.topology}
         for name in main:
             if name not in self.main:
-                self.main[name] = _control(name, b[name], width="20em")
+                self.main[name] = _control(name, b[name], width="22em")
                 setattr(self, name, self.main[name])
         self.technique_knobs = TechniqueKnobs(b, exclude=main)
         self.controls = {**self.main, **self.technique_knobs.controls}

@@ -18,9 +18,8 @@ import time
 import ipywidgets as w
 import pandas as pd
 
-from lab.experiment import ExperimentConfig, Run
+from lab.experiment import ExperimentConfig, Run, run as lab_run
 from lab.registry import technique as technique_class
-from lab.experiment import run as lab_run
 from widgets.charts import LiveChart, dashboard, run_label
 from widgets.knobs import KnobPanel
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
+from widgets.charts import LEGEND_LABEL_LIMIT
+
 
 def period_chart(df: pd.DataFrame, *, width: int = 300, height: int = 200, title: str = "sync period H over training"):
     """H of each round (`sync_period`) against the step the round ended at, one line per label."""
@@ -18,7 +20,8 @@ def period_chart(df: pd.DataFrame, *, width: int = 300, height: int = 200, title
 
 def loss_against(df: pd.DataFrame, x: str, *, y: str = "loss", log_x: bool = False, title: str | None = None,
                  width: int = 300, height: int = 220):
-    """`y` against any metrics column `x` (e.g. 'round', 'bytes_uplink'), one line per label; rows without y are dropped."""
+    """`y` against any metrics column `x` (e.g. 'round', 'bytes_uplink'), one line per label; rows without y are
+    dropped."""
     d = df[["label", x, y]].dropna()
     if log_x:
         d = d[d[x] > 0]
@@ -26,7 +29,8 @@ def loss_against(df: pd.DataFrame, x: str, *, y: str = "loss", log_x: bool = Fal
             .encode(x=alt.X(f"{x}:Q", title=x.replace("_", " ") + (" (log)" if log_x else ""),
                             scale=alt.Scale(type="log") if log_x else alt.Scale()),
                     y=alt.Y(f"{y}:Q", title=y.replace("_", " "), scale=alt.Scale(zero=False)),
-                    color=alt.Color("label:N", title="run", legend=alt.Legend(orient="bottom", columns=3)),
+                    color=alt.Color("label:N", title="run", legend=alt.Legend(orient="bottom", columns=2,
+                                                                       labelLimit=LEGEND_LABEL_LIMIT)),
                     tooltip=["label:N", f"{x}:Q", alt.Tooltip(f"{y}:Q", format=".4f")]))
 
 

@@ -56,14 +56,14 @@ def field_control(name: str, value=None, *, description: str | None = None, styl
         return w.BoundedIntText(min=min([low, *special, value]), max=max(high, value), **kw)
     if k.scale == "log":
         lo, hi = log_range(k, value)
-        return w.FloatLogSlider(base=10, min=lo, max=hi, step=0.05, readout_format=".3g", continuous_update=False,
+        return w.FloatLogSlider(base=10, min=lo, max=hi, step=0.05, readout_format=".3~g", continuous_update=False,
                                 **kw)
     step = 0.01
     on_grid = abs(value / step - round(value / step)) < 1e-6
     if k.high - k.low <= 1 and not special and on_grid:
         low = k.low + (step if k.low_open else 0.0)
         high = k.high - (step if k.high_open else 0.0)
-        return w.FloatSlider(min=min(low, value), max=max(high, value), step=step, readout_format=".2f",
+        return w.FloatSlider(min=min(low, value), max=max(high, value), step=step, readout_format=".3~g",
                              continuous_update=False, **kw)
     return w.BoundedFloatText(min=min([k.low, *special, value]), max=max(k.high, value), **kw)
 
@@ -103,6 +103,7 @@ class FieldRow(w.HBox):
 
     def __init__(self, name: str, control: w.Widget):
         self.name, self.control = name, control
+        control.layout.flex = "0 0 auto"  # a long reason wraps beside the control, never squeezes it
         self.note = w.HTML(layout=w.Layout(width="auto"))
         super().__init__([control, self.note], layout=w.Layout(align_items="center"))
 

@@ -74,7 +74,7 @@ def wiring(t: topo.Topology) -> pd.DataFrame:
             c = centers.loc[t.node_of(r)]
             out.append((pos.x[r], pos.y[r], c.x, c.y, "intra"))
         if t.num_nodes > 1:
-            for node, c in centers.iterrows():
+            for _, c in centers.iterrows():
                 out.append((c.x, c.y, 0.0, 0.0, "inter"))
     return pd.DataFrame(out, columns=["x", "y", "x2", "y2", "link"])
 

@@ -149,7 +149,11 @@ class Collective(ABC):
 def group_cost(topology, op: str, payload_bytes: int, groups: list[list[int]]) -> Cost:
     """One collective run inside each group at once: bytes per rank from each group's cost, the
     slowest group's time and message count; the algorithm is named with the group shape, e.g. 'ring[4x2]'."""
-    costs = [topology.cost(op, payload_bytes, ranks=g) for g in groups]
+    return merge_costs([topology.cost(op, payload_bytes, ranks=g) for g in groups], groups)
+
+
+def merge_costs(costs: list[Cost], groups: list[list[int]]) -> Cost:
+    """The Cost of calls run in every group at once (costs[i]: group i's): bytes summed, the slowest time."""
     slow = max(costs, key=lambda c: c.seconds)
     total = {cls: sum(c.bytes[cls] for c in costs) for cls in slow.bytes}
     algorithms = sorted({c.algorithm for c in costs})

@@ -35,6 +35,11 @@ class Entry:
 class Ledger:
     """Records collective calls; `step` is set by the training loop so entries carry it."""
 
+    @staticmethod
+    def estimate_bytes(num_ranks: int) -> int:
+        """Memory this Ledger's fixed tables take for `num_ranks` ranks (before any entry is recorded)."""
+        return 8 * (num_ranks + 1) ** 2 + 8 * len(LINK_CLASSES) * num_ranks
+
     def __init__(self, topology: Topology):
         self.topology = topology
         self.entries: list[Entry] = []

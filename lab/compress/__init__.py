@@ -1,14 +1,16 @@
-"""Compressors, error feedback and packing. Choose by name with `make_compressor` / `make_feedback`.
+"""Compressors, error feedback and the compressed channel. Choose by name with `make_compressor` /
+`make_feedback` / `make_channel`; every compressor is declared once in `lab.compress.registry`.
 
     ratio knob -> each compressor's own parameter (`knob` says how; `describe(d)` shows it):
     none        -                       fp16, bf16   fixed 2 bytes/value
-    int8, int4  fixed bits + block scale  topk        k (values + indices or bitmap)
-    randk       k (+ an 8-byte seed)      qsgd        levels s from bits b ≈ 32 r
-    sign        fixed 1 bit + scale       majority_vote  fixed 1 bit
-    powersgd    rank per matrix           fedzip      kept fraction z (fitted)
-    3sfc        synthetic samples n_s
+    int8, int4  fixed bits + block scale  fp4        fixed 4-bit E3M0 + block scale
+    topk        k (values + indices or bitmap)  randk   k (+ an 8-byte seed)
+    qsgd        levels s from bits b ≈ 32 r     sign    fixed 1 bit + scale
+    majority_vote  fixed 1 bit          powersgd    rank per matrix
+    fedzip      kept fraction z (fitted)  3sfc       synthetic samples n_s
 
-The ratio shown anywhere is measured: packet bytes over dense fp32 bytes.
+Ratios are measured, never nominal: `payload_ratio` (one message's encoded over dense fp32 bytes) and
+`traffic_ratio` (what the busiest rank sent over the dense exchange's bytes), see `lab.compress.channel`.
 """
 from __future__ import annotations
 
@@ -28,54 +30,31 @@ from lab.compress.sign import MajorityVote, ScaledSign
 from lab.compress.threesfc import ThreeSFC
 from lab.compress.topk import TopK
 
-from lab.compress.registry import COMPRESSORS, NO_FEEDBACK
+from lab.compress.registry import COMPRESSORS, NO_FEEDBACK, SCOPES, spec
 
 
 def make_compressor(name: str, *, ratio: float = 1.0, shapes=None, dim: int | None = None, seed: int = 0,
                     model: torch.nn.Module | None = None, unflatten=None, input_dim: int | None = None,
-                    num_classes: int | None = None, scaled: bool = True) -> Compressor:
-    """A compressor by name with its parameter mapped from `ratio`.
+                    num_classes: int | None = None, scaled: bool = True, scope: str = "global") -> Compressor:
+    """A compressor by name (`lab.compress.registry`) with its parameter mapped from `ratio` (a payload ratio).
 
     shapes: the parameter shapes of the flat vector (PowerSGD's matrices, FedZip's
     layers); dim: its length (FedZip's probe, 3SFC's sample count); model,
     unflatten, input_dim, num_classes: what 3SFC decodes through; scaled:
-    random-k's d/k scaling (unbiased) or not (contractive, for error feedback).
+    random-k's d/k scaling (unbiased) or not (contractive, for error feedback);
+    scope: 'layer' (per parameter tensor of `shapes`) or 'global', for top-k, scaled sign and QSGD.
     """
     if not 0 < ratio <= 1:
         raise ValueError(f"compression_ratio={ratio!r} is invalid: it must be in (0, 1]")
     if shapes is not None and dim is None:
         dim = sum(int(torch.Size(s).numel()) for s in shapes)
-    if name == "none":
-        return Identity()
-    if name in ("fp16", "bf16"):
-        return HalfPrecision(name)
-    if name in ("int8", "int4"):
-        return IntQuantizer(bits=int(name[3:]), seed=seed)
-    if name == "fp4":  # E3M0 4-bit float (lab/compress/fp4.py)
-        return FP4E3M0()
-    if name == "topk":
-        return TopK(ratio=ratio)
-    if name == "randk":
-        return RandK(ratio=ratio, scaled=scaled, seed=seed)
-    if name == "qsgd":
-        return QSGD(ratio=ratio, seed=seed)
-    if name == "sign":
-        return ScaledSign()
-    if name == "majority_vote":
-        return MajorityVote()
-    if name == "powersgd":
-        return PowerSGD(shapes=shapes, ratio=ratio, seed=seed)
-    if name == "fedzip":
-        if dim is None:
-            raise ValueError("compressor='fedzip' needs dim (or shapes) to fit its kept fraction to the ratio")
-        return FedZip.for_ratio(ratio, dim, shapes=shapes, seed=seed)
-    if name == "3sfc":
-        if model is None or input_dim is None or num_classes is None:
-            raise ValueError("compressor='3sfc' needs a classification model with a continuous input "
-                             "(model, unflatten, input_dim, num_classes)")
-        return ThreeSFC(model=model, unflatten=unflatten, input_dim=input_dim, num_classes=num_classes,
-                        ratio=ratio, dim=dim, seed=seed)
-    raise ValueError(f"compressor={name!r} is unknown; allowed: {list(COMPRESSORS)}")
+    if scope not in SCOPES:
+        raise ValueError(f"compress_scope={scope!r} is invalid: expected one of {list(SCOPES)}")
+    comp = spec(name).build(ratio=ratio, shapes=shapes, dim=dim, seed=seed, model=model, unflatten=unflatten,
+                            input_dim=input_dim, num_classes=num_classes, scaled=scaled, scope=scope)
+    if shapes is not None:
+        comp.segments = tuple(int(torch.Size(s).numel()) for s in shapes)
+    return comp
 
 
 def make_feedback(name: str, compressor: Compressor, *, eta: float = 0.0):
@@ -93,23 +72,48 @@ def make_feedback(name: str, compressor: Compressor, *, eta: float = 0.0):
 
 def make_channel(config, ctx) -> Channel:
     """The compressed channel a technique uses, from `config.compressor`, `compression_ratio`,
-    `error_feedback` and `econtrol_eta`, fitted to the context's model. Random-k is sent scaled by d/k
-    (unbiased) without error feedback and unscaled (contractive, δ = k/d) inside it (spec §B1)."""
-    cluster = ctx.cluster
-    extra = {}
-    if config.compressor == "3sfc":
-        x = ctx.batches.x
-        if x.dtype not in (torch.float32, torch.float64) or x.dim() != 2:
-            raise ValueError(f"compressor='3sfc' needs a model with a continuous flat input; dataset="
-                             f"{config.dataset!r} has {x.dtype} inputs of shape {tuple(x.shape[1:])}")
-        with torch.no_grad():
-            out = cluster.evaluate(cluster.params.detach()[0], x[:1])
-        if out.dim() != 2:
-            raise ValueError(f"compressor='3sfc' needs a classifier; model={config.model!r} outputs {tuple(out.shape)}")
-        extra = dict(model=cluster.model, unflatten=cluster.unflatten, input_dim=x.shape[1], num_classes=out.shape[1])
-    comp = make_compressor(config.compressor, ratio=config.compression_ratio, shapes=cluster.shapes, seed=config.seed,
-                           scaled=config.error_feedback == "none", **extra)
-    return Channel(comp, make_feedback(config.error_feedback, comp, eta=getattr(config, "econtrol_eta", 0.0)))
+    `error_feedback`, `econtrol_eta` and `compress_scope`, fitted to the context's model; `compression_ratio`
+    is the target traffic ratio (`lab.compress.channel`). Random-k is sent scaled by d/k (unbiased) without
+    error feedback and unscaled (contractive, δ = k/d) inside it (spec §B1)."""
+    channel = build_channel(config.compressor, target=config.compression_ratio, scope=config.compress_scope,
+                            error_feedback=config.error_feedback, eta=getattr(config, "econtrol_eta", 0.0),
+                            seed=config.seed, shapes=ctx.cluster.shapes, **decoder_of(config, ctx))
+    if config.compressor == "powersgd":  # exchanges all-reduced uncompressed first (torch's start_powerSGD_iter)
+        channel.compressor.start_iter = getattr(config, "powersgd_start_iter", 0)
+    return channel
+
+
+def decoder_of(config, ctx) -> dict:
+    """What 3SFC decodes through (the model, its input and class counts); {} for other compressors."""
+    if config.compressor != "3sfc":
+        return {}
+    cluster, x = ctx.cluster, ctx.batches.x
+    if x.dtype not in (torch.float32, torch.float64) or x.dim() != 2:
+        raise ValueError(f"compressor='3sfc' needs a model with a continuous flat input; dataset="
+                         f"{config.dataset!r} has {x.dtype} inputs of shape {tuple(x.shape[1:])}")
+    with torch.no_grad():
+        out = cluster.evaluate(cluster.params.detach()[0], x[:1])
+    if out.dim() != 2:
+        raise ValueError(f"compressor='3sfc' needs a classifier; model={config.model!r} outputs {tuple(out.shape)}")
+    return dict(model=cluster.model, unflatten=cluster.unflatten, input_dim=x.shape[1], num_classes=out.shape[1])
+
+
+def build_channel(name: str, *, target: float, scope: str, error_feedback: str, eta: float, seed: int, shapes,
+                  **extra) -> Channel:
+    """A Channel of compressor `name` whose pieces map the traffic `target` (for ratio compressors)."""
+    kw = dict(seed=seed, scaled=error_feedback == "none", scope=scope)
+    whole = tuple(int(torch.Size(s).numel()) for s in shapes)
+    comp = make_compressor(name, ratio=target, shapes=shapes, **kw, **extra)
+
+    def factory(ratio, segments, share):
+        """The compressor of a piece (`lab.compress.exchange`): the whole vector, or a chunk of it."""
+        r = target if ratio is None else ratio
+        if share == 1.0 and tuple(segments) == whole:
+            return make_compressor(name, ratio=r, shapes=shapes, **kw, **extra)
+        return make_compressor(name, ratio=r, dim=sum(segments), **kw).piece(segments, share)
+
+    return Channel(comp, make_feedback(error_feedback, comp, eta=eta), shapes=shapes, factory=factory,
+                   target=target if spec(name).ratio else None)
 
 
 __all__ = [
@@ -131,6 +135,8 @@ __all__ = [
     "ScaledSign",
     "ThreeSFC",
     "TopK",
+    "build_channel",
+    "decoder_of",
     "make_channel",
     "make_compressor",
     "make_feedback",

@@ -189,7 +189,7 @@ def deserialize(rows: torch.Tensor, template: Packet) -> Packet:
     out, at, m = {}, 0, rows.shape[0]
     for name, t in template.tensors.items():
         size = (t.numel() // max(t.shape[0], 1)) * t.element_size()
-        chunk = rows[:, at:at + size].contiguous()
+        chunk = rows[:, at:at + size].clone(memory_format=torch.contiguous_format)  # aligned for the view
         out[name] = chunk.view(t.dtype).reshape(m, *t.shape[1:])
         at += size
     return Packet(out, template.header_bytes, dict(template.meta))
@@ -210,7 +210,7 @@ class Identity(Compressor):
     def decompress(self, packet):
         return packet.tensors["values"]
 
-    def reduce(self, v, collective, *, tag=""):
+    def reduce(self, v, collective, *, tag="", groups=None):
         self.last_nbytes = 4 * v.shape[1]
-        mean = collective.all_reduce(v.float(), op="mean", tag=tag)[0]
-        return v.float(), mean
+        mean = collective.all_reduce(v.float(), op="mean", tag=tag, groups=groups)  # with groups: (n, d)
+        return v.float(), mean if groups is not None else mean[0]

@@ -45,9 +45,10 @@ class HalfPrecision(Compressor):
     def decompress(self, packet):
         return packet.tensors["values"].float()
 
-    def reduce(self, v, collective, *, tag=""):
+    def reduce(self, v, collective, *, tag="", groups=None):
         packet = self.compress(v)
         self.last_nbytes = packet.nbytes()
         half = packet.tensors["values"]
-        mean = collective.all_reduce(half, op="mean", tag=tag)[0].to(self.dtype).float()  # same rounding everywhere
+        mean = collective.all_reduce(half, op="mean", tag=tag, groups=groups)  # (n, d): with groups, each its own
+        mean = (mean if groups is not None else mean[0]).to(self.dtype).float()  # same rounding everywhere
         return half.float(), mean

@@ -11,8 +11,10 @@
 For every gradient bucket the hook runs the same `lab.compress.Channel` the
 simulated techniques use, on this process's flat bucket (one row): error
 feedback prepares the vector, the compressor moves it across the process group
-through a `DistributedCollective` (packets all-gathered and decoded in
-ascending rank order; PowerSGD's P and Q factors all-reduced; fp16 all-reduced)
+through a `DistributedCollective` (the compressed all-reduce algorithm the
+`topology` chooses or pins — two-phase by default: a real all-to-all of the
+compressed chunks and an all-gather of the re-compressed reduced ones, decoded
+in ascending rank order; PowerSGD's P and Q factors all-reduced; fp16 all-reduced)
 and the hook returns the averaged gradient DDP writes back. The collective
 records every message in `state.ledger`, so the bytes a real run sends are
 counted exactly as in the lab; `state.ledger.step` is the hook's step count.
@@ -63,7 +65,7 @@ class HookState:
         if known is None or known[0] != layout:
             self.rebuilds += known is not None
             comp = self.compressor.bind([list(s) for s in layout])
-            known = (layout, Channel(comp, make_feedback(self.error_feedback, comp, eta=self.eta)))
+            known = (layout, Channel(comp, make_feedback(self.error_feedback, comp, eta=self.eta), shapes=layout))
             self.channels[bucket.index()] = known
         return known[1]
 

@@ -41,8 +41,10 @@ from dataclasses import dataclass
 import torch
 
 from lab.comm.collective import group_cost
+from lab.comm.packet import Packet
 from lab.compress.base import Compressor, deserialize, pad_ragged, row_seed, serialize_rows
 from lab.topology import compressed as algo
+from lab.topology.cost import copy_cost
 
 
 def clip_segments(segments, lo: int, hi: int) -> tuple[int, ...]:
@@ -91,8 +93,9 @@ class Plan:
 
 
 def make_plan(factory, *, d: int, segments: tuple, world_size: int, topology, applicable: tuple,
-              target: float | None) -> Plan:
-    """The plan of the cheapest candidate algorithm (`lab.topology.compressed.candidates`).
+              target: float | None, ranks=None) -> Plan:
+    """The plan of the cheapest candidate algorithm (`lab.topology.compressed.candidates`), costed on `ranks`
+    (default: every rank of the topology; a sub-group's ranks for `lab.compress.grouped`).
 
     factory(ratio, segments, share) -> Compressor builds the compressor of a piece; with a traffic `target`,
     each algorithm's compressors get the payload ratio target × ring factor / the algorithm's factor at this P.
@@ -102,7 +105,7 @@ def make_plan(factory, *, d: int, segments: tuple, world_size: int, topology, ap
     plans = [_build(factory, name, d=d, segments=segments, p=p, topology=topology, target=target) for name in names]
     if len(plans) == 1:
         return plans[0]
-    return min(plans, key=lambda pl: algo.cost(topology, pl.algorithm, _estimate(pl)).seconds)
+    return min(plans, key=lambda pl: algo.cost(topology, pl.algorithm, _estimate(pl), ranks).seconds)
 
 
 def _build(factory, name, *, d, segments, p, topology, target) -> Plan:
@@ -138,7 +141,24 @@ def _estimate(plan: Plan) -> algo.Sizes:
 def record(collective, algorithm: str, sizes: algo.Sizes, *, tag: str) -> None:
     """One Ledger entry for a compressed all-reduce under `algorithm` with these exact sizes."""
     t = collective.ledger.topology
-    collective.ledger.record(algo.OP, int(sizes.full), tag=tag, cost=algo.cost(t, algorithm, sizes))
+    key = (algo.OP, algorithm, sizes)
+    if key not in t._cache:  # the topology's own cost cache (sizes repeat every step)
+        t._cache[key] = algo.cost(t, algorithm, sizes)
+    collective.ledger.record(algo.OP, int(sizes.full), tag=tag, cost=copy_cost(t._cache[key]))
+
+
+def decode_all(comps: list, packets: list) -> list[torch.Tensor]:
+    """comps[i].decompress(packets[i]) for every i, in one call when the packets share a layout (the chunks'
+    compressors then decode alike: they differ only in their seeds, and seeds travel in the packets)."""
+    first = packets[0]
+    same = len(packets) > 1 and all(
+        pk.meta == first.meta and pk.tensors.keys() == first.tensors.keys()
+        and all(pk.tensors[k].shape[1:] == t.shape[1:] for k, t in first.tensors.items()) for pk in packets)
+    if not same:
+        return [c.decompress(pk) for c, pk in zip(comps, packets)]
+    stacked = Packet({k: torch.cat([pk.tensors[k] for pk in packets]) for k in first.tensors},
+                     first.header_bytes, dict(first.meta))
+    return list(comps[0].decompress(stacked).split([next(iter(pk.tensors.values())).shape[0] for pk in packets]))
 
 
 # ---- the algorithms -----------------------------------------------------------------------------------
@@ -154,7 +174,8 @@ def run(plan: Plan, v: torch.Tensor, collective, *, tag: str, server_feedback: b
 
 def _mean_of(comp: Compressor, decoded: torch.Tensor) -> torch.Tensor:
     p = decoded.shape[0]
-    return comp.aggregate(decoded, torch.full((p,), 1.0 / p, dtype=torch.float64)).to(torch.float32)
+    mean = comp.aggregate(decoded, torch.full((p,), 1.0 / p, dtype=torch.float64))  # summed in float64
+    return mean.to(torch.promote_types(decoded.dtype, torch.float32))  # fp32 messages: fp32; fp64 runs keep fp64
 
 
 def all_gather(comp: Compressor, v: torch.Tensor, collective, *, tag: str = ""):
@@ -166,15 +187,16 @@ def all_gather(comp: Compressor, v: torch.Tensor, collective, *, tag: str = ""):
     return decoded[collective.ranks], _mean_of(comp, decoded).to(decoded.dtype)
 
 
-def _chunks(plan: Plan, v: torch.Tensor, collective):
-    """Compress every chunk of every local row: (packets per chunk, local (n, d) decoded, bytes (n, C, w))."""
+def _chunks(plan: Plan, v: torch.Tensor, ranks: list[int]):
+    """Compress every chunk of every local row (`ranks`: their global ranks): (packets per chunk, local (n, d)
+    decoded, bytes (n, C, w))."""
     n, d = v.shape
     k, c = len(plan.workers), plan.chunk
     x = torch.zeros(n, k * c)
     x[:, :d] = v
     x = x.view(n, k, c)
-    packets = [w.compress(x[:, j], ranks=collective.ranks) for j, w in enumerate(plan.workers)]
-    local = torch.cat([w.decompress(pk) for w, pk in zip(plan.workers, packets)], dim=1)[:, :d]
+    packets = [w.compress(x[:, j], ranks=ranks) for j, w in enumerate(plan.workers)]
+    local = torch.cat(decode_all(plan.workers, packets), dim=1)[:, :d]
     rows = [serialize_rows(pk) for pk in packets]  # (n, bytes of chunk j)
     width = max(r.shape[1] for r in rows)
     wire = torch.zeros(n, k, width, dtype=torch.uint8)
@@ -192,19 +214,20 @@ def _server_hop(plan: Plan, reduced: torch.Tensor, owners: list[int], *, feedbac
         reduced = reduced + plan.residual
     back = [plan.servers[o].compress(reduced[a:a + 1], ranks=[o]) for a, o in enumerate(owners)]
     if feedback:
-        plan.residual = reduced - torch.cat([plan.servers[o].decompress(pk) for o, pk in zip(owners, back)])
+        plan.residual = reduced - torch.cat(decode_all([plan.servers[o] for o in owners], back))
     return back
 
 
 def two_phase(plan: Plan, v: torch.Tensor, collective, *, tag: str, server_feedback: bool):
     n, d = v.shape
     p = collective.world_size
-    packets, local, wire = _chunks(plan, v, collective)
+    packets, local, wire = _chunks(plan, v, collective.ranks)
     sizes = tuple(pk.nbytes() for pk in packets)
     record(collective, "two_phase", algo.Sizes(sum(sizes), sizes, sizes), tag=tag)
     recv = collective.all_to_all(wire, record=False)  # (n, P, w): row a, from rank i: i's chunk ranks[a]
-    reduced = torch.stack([_mean_of(plan.workers[r], plan.workers[r].decompress(deserialize(recv[a], packets[r])))
-                           for a, r in enumerate(collective.ranks)])  # (n, c)
+    owners = [plan.workers[r] for r in collective.ranks]
+    decoded = decode_all(owners, [deserialize(recv[a], packets[r]) for a, r in enumerate(collective.ranks)])
+    reduced = torch.stack([_mean_of(w, dec) for w, dec in zip(owners, decoded)])  # (n, c): P senders each
     back = _server_hop(plan, reduced, collective.ranks, feedback=server_feedback)
     for a, r in enumerate(collective.ranks):
         assert back[a].nbytes() == sizes[r], "a re-compressed chunk must have the layout of the chunk"
@@ -213,7 +236,7 @@ def two_phase(plan: Plan, v: torch.Tensor, collective, *, tag: str, server_feedb
         row = serialize_rows(pk)
         out[a, :row.shape[1]] = row[0]
     got = collective.all_gather(out, record=False)[0]  # (P, w): every owner's re-compressed chunk
-    mean = torch.cat([s.decompress(deserialize(got[j:j + 1], packets[j])) for j, s in enumerate(plan.servers)],
+    mean = torch.cat(decode_all(plan.servers, [deserialize(got[j:j + 1], packets[j]) for j in range(p)]),
                      dim=1)[0, :d]
     return local, mean
 
@@ -221,14 +244,14 @@ def two_phase(plan: Plan, v: torch.Tensor, collective, *, tag: str, server_feedb
 def star(plan: Plan, v: torch.Tensor, collective, *, tag: str, server_feedback: bool):
     n, d = v.shape
     k = len(plan.workers)
-    packets, local, wire = _chunks(plan, v, collective)
+    packets, local, wire = _chunks(plan, v, collective.ranks)
     got = collective.all_gather(wire.reshape(n, -1), record=False)[0].view(-1, k, wire.shape[2])  # (P, S, w)
-    reduced = torch.stack([_mean_of(w, w.decompress(deserialize(got[:, s], packets[s])))
-                           for s, w in enumerate(plan.workers)])  # (S, c), mirrored on every process
+    decoded = decode_all(plan.workers, [deserialize(got[:, s], packets[s]) for s in range(k)])  # (P, c) each
+    reduced = torch.stack([_mean_of(w, dec) for w, dec in zip(plan.workers, decoded)])  # (S, c), mirrored
     back = _server_hop(plan, reduced, list(range(k)), feedback=server_feedback)
     sizes = tuple(pk.nbytes() for pk in packets)
     record(collective, "star", algo.Sizes(sum(sizes), sizes, tuple(pk.nbytes() for pk in back)), tag=tag)
-    mean = torch.cat([s.decompress(pk) for s, pk in zip(plan.servers, back)], dim=1)[0, :d]
+    mean = torch.cat(decode_all(plan.servers, back), dim=1)[0, :d]
     return local, mean
 
 

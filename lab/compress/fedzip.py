@@ -94,7 +94,7 @@ class FedZip(Compressor):
 
         def fits(keep: float) -> bool:
             c = cls(keep=keep, shapes=shapes)
-            return c.measured_ratio(c.compress(probe), d) <= ratio
+            return c.payload_ratio(c.compress(probe), d) <= ratio
 
         if fits(1.0):
             return cls(keep=1.0, shapes=shapes)

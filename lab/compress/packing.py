@@ -31,11 +31,6 @@ def unpack_bits(packed: torch.Tensor, d: int) -> torch.Tensor:
     return bits.reshape(packed.shape[0], -1)[:, :d].bool()
 
 
-def packed_nbytes(m: int, bits: int) -> int:
-    """Bytes `m` values of `bits` bits take once packed."""
-    return math.ceil(m * bits / 8)
-
-
 def pack_uint(values: torch.Tensor, bits: int) -> torch.Tensor:
     """(n, m) integers in [0, 2^bits) -> (n, ⌈m·bits/8⌉) uint8."""
     if not 1 <= bits <= 8:

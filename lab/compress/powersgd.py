@@ -18,13 +18,23 @@ e = M - M̂ (the residual against the *averaged* approximation, as the paper's
 code and torch's powerSGD_hook do: `error_vs_aggregate`); EF21/EControl use
 each rank's own message P Q_iᵀ.
 
+Warm-up (`start_iter`, torch's `start_powerSGD_iter`): the first `start_iter`
+calls of `reduce` all-reduce the whole vector uncompressed (one all-reduce of
+4d bytes, tagged `<tag>:warmup`), as torch's hook does before it starts
+compressing; error feedback keeps nothing from them (the residual stays 0, the
+EF21 estimate becomes the gradient itself), and the Q factors start from the
+shared seed at the first compressed step. torch's default is 10 (it also
+protects its error memory from DDP's bucket rebuild after the first
+iteration); the paper and the lab's default compress from the first step (0).
+
 Alone (`compress`/`decompress`, one party) the packet is the local factors
 (P, Q) and the uncompressed tensors; repeated calls on a fixed matrix of rank
 ≤ r converge to it exactly (power iteration with warm start).
 
 Knobs: `rank` r for every matrix, or `ratio` -> per matrix
 r = max(1, ⌊ratio · a b / (a + b)⌋) (spec §0.4); `warm_start`; `min_compression_rate`
-(2 as in torch); `epsilon` added to column norms in Gram–Schmidt. Needs the
+(2 as in torch); `epsilon` added to column norms in Gram–Schmidt; `start_iter`
+(config `powersgd_start_iter`). Needs the
 parameter `shapes` (in the order the flat vector concatenates them), at
 construction or through `bind(shapes)`.
 """
@@ -54,16 +64,19 @@ def orthonormalize_(m: torch.Tensor, epsilon: float = 0.0) -> torch.Tensor:
 class PowerSGD(Compressor):
     name = "powersgd"
     unbiased = False
-    error_vs_aggregate = True
     knob = "rank per matrix r = max(1, ⌊ratio · ab/(a+b)⌋)"
 
     def __init__(self, *, shapes: Sequence[Sequence[int]] | None = None, rank: int | None = None,
                  ratio: float | None = None, warm_start: bool = True, min_compression_rate: float = 2.0,
-                 epsilon: float = 0.0, seed: int = 0):
+                 epsilon: float = 0.0, seed: int = 0, start_iter: int = 0):
         if (rank is None) == (ratio is None):
             raise ValueError("PowerSGD needs exactly one of rank or ratio")
         if rank is not None and rank < 1:
             raise ValueError(f"rank={rank!r} is invalid: expected >= 1")
+        if isinstance(start_iter, bool) or not isinstance(start_iter, int) or start_iter < 0:
+            raise ValueError(f"powersgd_start_iter={start_iter!r} is invalid: expected an integer >= 0")
+        self.start_iter = start_iter
+        self.warming = False  # the last `reduce` was an uncompressed warm-up all-reduce
         self.rank, self.ratio, self.warm_start = rank, ratio, warm_start
         self.min_compression_rate, self.epsilon, self.seed = min_compression_rate, epsilon, seed
         self.shapes = [tuple(s) for s in shapes] if shapes is not None else None  # None: `bind` it first
@@ -85,7 +98,14 @@ class PowerSGD(Compressor):
 
     def bind(self, shapes):
         return PowerSGD(shapes=shapes, rank=self.rank, ratio=self.ratio, warm_start=self.warm_start,
-                        min_compression_rate=self.min_compression_rate, epsilon=self.epsilon, seed=self.seed)
+                        min_compression_rate=self.min_compression_rate, epsilon=self.epsilon, seed=self.seed,
+                        start_iter=self.start_iter)
+
+    @property
+    def error_vs_aggregate(self) -> bool:
+        """EF14 measures its residual against the averaged approximation (paper code, torch's hook); after a
+        warm-up step against the rank's own vector, so the residual stays 0."""
+        return not self.warming
 
     @property
     def dim(self) -> int:
@@ -120,7 +140,7 @@ class PowerSGD(Compressor):
 
     def _assemble(self, n: int, pq: list[tuple[torch.Tensor, torch.Tensor]], dense: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(n, self.dim)
-        for (i, a, b, _), (p, q) in zip(self.matrices, pq):
+        for (i, *_), (p, q) in zip(self.matrices, pq):
             out[:, self.offsets[i]:self.offsets[i + 1]] = (p @ q.transpose(1, 2)).reshape(n, -1)
         j = 0
         for i in self.dense:
@@ -166,6 +186,11 @@ class PowerSGD(Compressor):
         self._check(v)
         n = v.shape[0]
         v = v.float()
+        self.warming = self.calls < self.start_iter
+        if self.warming:  # torch's start_powerSGD_iter: a plain all-reduce of the whole vector
+            self.calls += 1
+            self.last_nbytes = 4 * v.shape[1]
+            return v, collective.all_reduce(v, op="mean", tag=f"{tag}:warmup")[0]
         dense = self._dense(v)
         if dense.shape[1]:
             dense = collective.all_reduce(dense, op="mean", tag=f"{tag}:dense")

@@ -13,6 +13,10 @@ used (the simple packing of the spec).
 
 Knob: ratio r -> b = ⌊32 (r - 1/B)⌋ clamped to 2..8 bits, s = 2^(b-1) - 1
 (b = 2 is ternary, s = 1; b = 8 gives s = 127).
+
+Scope: 'layer' (the spec's default) starts the buckets afresh at every
+parameter tensor (segment), so no bucket mixes two tensors' scales; 'global'
+buckets the whole vector.
 """
 from __future__ import annotations
 
@@ -36,14 +40,15 @@ class QSGD(Compressor):
     unbiased = True
     knob = "levels s = 2^(b-1) - 1 with b = ⌊32 (ratio - 1/bucket)⌋ bits per value (2..8)"
 
-    def __init__(self, *, levels: int | None = None, ratio: float | None = None, bucket: int = 512, seed: int = 0):
+    def __init__(self, *, levels: int | None = None, ratio: float | None = None, bucket: int = 512, seed: int = 0,
+                 scope: str = "global"):
         if (levels is None) == (ratio is None):
             raise ValueError("QSGD needs exactly one of levels or ratio")
         if levels is None:
             levels = levels_for_ratio(ratio, bucket)
         if not 1 <= levels <= 127:
             raise ValueError(f"levels={levels!r} is invalid: expected 1..127 (codes of at most 8 bits)")
-        self.s, self.bucket, self.seed = levels, bucket, seed
+        self.s, self.bucket, self.seed, self.scope = levels, bucket, seed, scope
         self.bits = 1 + math.ceil(math.log2(levels + 1))
 
     def variance(self, d):
@@ -55,7 +60,8 @@ class QSGD(Compressor):
 
     def compress(self, v, *, ranks=None):  # v: (n, d)
         n, d = v.shape
-        b = blocks_of(v, self.bucket)  # (n, nb, B)
+        segments = self.segment_lengths(d)
+        b = torch.cat([blocks_of(p, self.bucket) for p in v.split(segments, dim=1)], dim=1)  # (n, nb, B)
         norms = b.norm(dim=2)  # (n, nb)
         safe = torch.where(norms > 0, norms, torch.ones_like(norms))
         r = self.s * b.abs() / safe.unsqueeze(2)  # in [0, s]
@@ -63,13 +69,22 @@ class QSGD(Compressor):
         u = torch.stack([torch.rand(r.shape[1:], generator=g) for g in gens])  # (n, nb, B)
         level = torch.floor(r + u).clamp(max=self.s)  # l + 1 with probability r - l
         sign = (b < 0).to(torch.uint8)
-        code = (level.to(torch.uint8) << 1 | sign).reshape(n, -1)[:, :d]  # (n, d)
-        return Packet({"codes": pack_uint(code, self.bits), "norms": norms}, meta={"d": d})
+        code = (level.to(torch.uint8) << 1 | sign).reshape(n, -1)[:, _kept(segments, self.bucket)]  # (n, d)
+        return Packet({"codes": pack_uint(code, self.bits), "norms": norms}, meta={"d": d, "segments": segments})
 
     def decompress(self, packet):
-        d = packet.meta["d"]
+        d, segments = packet.meta["d"], packet.meta["segments"]
         code = unpack_uint(packet.tensors["codes"], self.bits, d)  # (n, d)
         level = (code >> 1).float()
         sign = 1.0 - 2.0 * (code & 1).float()
-        norms = packet.tensors["norms"].repeat_interleave(self.bucket, dim=1)[:, :d]
+        norms = packet.tensors["norms"].repeat_interleave(self.bucket, dim=1)[:, _kept(segments, self.bucket)]
         return norms * sign * level / self.s
+
+
+def _kept(segments, bucket: int) -> torch.Tensor:
+    """Positions of the real coordinates among the zero-padded buckets of every segment, (d,)."""
+    parts, at = [], 0
+    for length in segments:
+        parts.append(torch.arange(at, at + length))
+        at += math.ceil(length / bucket) * bucket
+    return torch.cat(parts)

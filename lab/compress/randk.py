@@ -38,6 +38,12 @@ class RandK(Compressor):
         self.ratio, self.k, self.scaled, self.seed = ratio, k, scaled, seed
         self.unbiased = scaled
 
+    def piece(self, segments, share=1.0):
+        c = super().piece(segments, share)
+        if c.k is not None:
+            c.k = max(1, math.ceil(c.k * share))
+        return c
+
     def k_for(self, d: int) -> int:
         if self.k is not None:
             return min(d, self.k)

@@ -3,7 +3,9 @@
 `ScaledSign` (EF-signSGD, Karimireddy et al. 2019): C(v) = (||v||₁ / d) · sign(v),
 sent as d packed sign bits + one fp32 scale, ⌈d/8⌉ + 4 bytes. Biased; its
 contraction ||v||₁² / (d ||v||²) depends on v and is at least 1/d (reported as
-δ = 1/d). Use it inside error feedback. Zeros are sent as +.
+δ = 1/d). Use it inside error feedback. Zeros are sent as +. With scope='layer'
+(the spec's default) each parameter tensor (segment) gets its own scale
+||v_l||₁ / d_l: ⌈d/8⌉ + 4 · (number of tensors) bytes.
 
 `MajorityVote` (signSGD with majority vote, Bernstein et al. 2018): each worker
 sends sign(v) (⌈d/8⌉ bytes, no scale) and the aggregate is the elementwise
@@ -26,19 +28,25 @@ class ScaledSign(Compressor):
     unbiased = False
     knob = "none: 1 bit per value + one fp32 scale"
 
+    def __init__(self, *, scope: str = "global"):
+        self.scope = scope
+
     def contraction(self, d):
         return 1.0 / d
 
     def describe(self, d):
-        return "1 bit/value + scale"
+        n = len(self.segment_lengths(d))
+        return "1 bit/value + scale" if n == 1 else f"1 bit/value + {n} scales"
 
     def compress(self, v, *, ranks=None):  # v: (n, d)
-        scale = v.abs().mean(dim=1, keepdim=True).float()  # (n, 1) ||v||₁ / d
-        return Packet({"signs": pack_bits(v < 0), "scale": scale}, meta={"d": v.shape[1]})
+        segments = self.segment_lengths(v.shape[1])
+        scale = torch.stack([p.abs().mean(dim=1) for p in v.float().split(segments, dim=1)], dim=1)  # (n, S)
+        return Packet({"signs": pack_bits(v < 0), "scale": scale}, meta={"d": v.shape[1], "segments": segments})
 
     def decompress(self, packet):
         neg = unpack_bits(packet.tensors["signs"], packet.meta["d"])  # (n, d)
-        return packet.tensors["scale"] * (1.0 - 2.0 * neg.float())
+        counts = torch.tensor(packet.meta["segments"])
+        return packet.tensors["scale"].repeat_interleave(counts, dim=1) * (1.0 - 2.0 * neg.float())
 
 
 class MajorityVote(Compressor):

@@ -10,6 +10,12 @@ whichever is smaller, as the spec prescribes.
 
 Knob: `ratio` r, the target encoded/dense bytes; k is the largest count whose
 encoding fits in r · 4d bytes (at least 1). The measured ratio comes from the packet.
+
+Scope: 'layer' (the spec's default, Part B: top-k per parameter tensor) splits
+the same k over the vector's `segments` in proportion to their lengths (largest
+remainders; a segment gets at most its length) and takes the top k_l of each;
+'global' takes the top k of the whole vector (a different method). The packet
+is the same either way: k values and their positions in the whole vector.
 """
 from __future__ import annotations
 
@@ -29,17 +35,38 @@ def k_for_ratio(ratio: float, d: int) -> int:
     return max(1, min(d, max(k_index, k_bitmap)))
 
 
+def split_count(k: int, lengths) -> list[int]:
+    """k split over segments in proportion to their lengths (largest remainders first; at most each length)."""
+    total = sum(lengths)
+    exact = [k * n / total for n in lengths]
+    out = [min(n, math.floor(e)) for n, e in zip(lengths, exact)]
+    order = sorted(range(len(lengths)), key=lambda i: (-(exact[i] - math.floor(exact[i])), i))
+    left = k - sum(out)
+    while left > 0:
+        for i in order:
+            if left and out[i] < lengths[i]:
+                out[i] += 1
+                left -= 1
+    return out
+
+
 class TopK(Compressor):
     name = "topk"
     unbiased = False
     knob = "k: the most coordinates whose values + indices (or bitmap) fit in ratio · 4d bytes"
 
-    def __init__(self, *, ratio: float | None = None, k: int | None = None):
+    def __init__(self, *, ratio: float | None = None, k: int | None = None, scope: str = "global"):
         if (ratio is None) == (k is None):
             raise ValueError("TopK needs exactly one of ratio or k")
         if ratio is not None and not 0 < ratio <= 1:
             raise ValueError(f"compression_ratio={ratio!r} is invalid: it must be in (0, 1]")
-        self.ratio, self.k = ratio, k
+        self.ratio, self.k, self.scope = ratio, k, scope
+
+    def piece(self, segments, share=1.0):
+        c = super().piece(segments, share)
+        if c.k is not None:
+            c.k = max(1, math.ceil(c.k * share))
+        return c
 
     def k_for(self, d: int) -> int:
         return min(d, self.k) if self.k is not None else k_for_ratio(self.ratio, d)
@@ -53,7 +80,7 @@ class TopK(Compressor):
     def compress(self, v, *, ranks=None):  # v: (n, d)
         n, d = v.shape
         k = self.k_for(d)
-        idx = v.abs().topk(k, dim=1, sorted=False).indices.sort(dim=1).values  # (n, k)
+        idx = self._select(v, k)  # (n, k) ascending
         vals = v.gather(1, idx)  # (n, k) in v's dtype (fp32 in the lab: 4 bytes each)
         meta = {"d": d, "k": k}
         if 4 * k + math.ceil(d / 8) < 8 * k:
@@ -61,6 +88,18 @@ class TopK(Compressor):
             mask.scatter_(1, idx, True)
             return Packet({"values": vals, "bitmap": pack_bits(mask)}, meta=meta)
         return Packet({"values": vals, "indices": idx.to(torch.int32)}, meta=meta)
+
+    def _select(self, v: torch.Tensor, k: int) -> torch.Tensor:
+        """Positions of the kept coordinates (n, k), ascending: the top k, or the top k_l of each segment."""
+        segments = self.segment_lengths(v.shape[1])
+        if len(segments) == 1:
+            return v.abs().topk(k, dim=1, sorted=False).indices.sort(dim=1).values
+        parts, at = [], 0
+        for length, k_l in zip(segments, split_count(k, segments)):
+            if k_l:
+                parts.append(v[:, at:at + length].abs().topk(k_l, dim=1, sorted=False).indices.sort(dim=1).values + at)
+            at += length
+        return torch.cat(parts, dim=1)
 
     def decompress(self, packet):
         vals = packet.tensors["values"]

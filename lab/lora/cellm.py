@@ -68,7 +68,7 @@ class CELLM(PeftFederated):
                                                      tag="lora_up").to(self.u.dtype)
         return RoundResult(self.mean_loss(ctx, out, clients), {"clients": len(plan.sampled),
                                                                "trainable": self.peft.size,
-                                                               "measured_ratio": self.channel.measured_ratio})
+                                                               **self.channel.columns()})
 
     def state_dict(self):
         return {**super().state_dict(), "view": self.view, "channel": self.channel.state_dict()}

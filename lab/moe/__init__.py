@@ -5,14 +5,21 @@ techniques that change where experts live and where tokens go. Spec: shared/tech
 - `router`: top-k gating, capacity, dropped tokens, load-balancing loss.
 - `exchange`: the all_to_all_v of tokens (counts first, true bytes, autograd).
 - `layer`: experts, the single-device reference, `ExpertParallel` (dispatch / compute / combine).
-- `model`: the rank-stacked MoE GPT / classifier.
-- `strategies`: where experts live (replicated, expert parallel); `ppmoe`: PPMoE; `fssdp`: Hecate FSSDP.
-- `ep`: the training techniques `moe_ep` and `moe_dp`; `locmoe`, `scmoe`, `ppmoe_technique`,
-  `fssdp_technique`: their variants.
-- `exflow`: ExFlow's inter-layer affinity, exact placement and context-coherent dispatch (inference).
+- `model`: the rank-stacked MoE GPT / classifier; `strategies`: where experts live.
+- `ep`: the techniques `moe_ep` (expert parallelism + DDP) and `moe_dp` (replicated experts).
+- `locmoe` (LocMoE: node-local routing), `scmoe` (ScMoE: shortcut + overlap on the clock), `ppmoe` (Pipeline
+  MoE: index slicing + one intra-node all-reduce), `fssdp` (Hecate: fully sharded sparse data parallelism).
+- `exflow`: ExFlow's inter-layer affinity, exact placement and context-coherent dispatch (an inference
+  schedule, not a training technique).
 """
 from lab.moe.ep import ExpertParallelTraining, ReplicatedTraining
+from lab.moe.fssdp import FSSDPTraining
+from lab.moe.locmoe import LocMoETraining
+from lab.moe.ppmoe import PPMoETraining
+from lab.moe.scmoe import ScMoETraining
 
-TECHNIQUES = (ExpertParallelTraining, ReplicatedTraining)
+#: the registered techniques of this family (lab.registry)
+TECHNIQUES = (ExpertParallelTraining, ReplicatedTraining, LocMoETraining, ScMoETraining, PPMoETraining, FSSDPTraining)
 
-__all__ = ["TECHNIQUES", "ExpertParallelTraining", "ReplicatedTraining"]
+__all__ = ["TECHNIQUES", "ExpertParallelTraining", "FSSDPTraining", "LocMoETraining", "PPMoETraining",
+           "ReplicatedTraining", "ScMoETraining"]

@@ -126,10 +126,13 @@ class ExpertParallelTraining(Technique):
     def make_strategy(self, ctx: TrainContext):
         return ExpertParallelExperts(ctx.collective, self.shape)
 
+    def model_shape(self, ctx: TrainContext) -> MoEShape:
+        return moe_shape(self.config, ctx.data)
+
     def setup(self, ctx: TrainContext) -> None:
         from lab.optim import make_optimizer
 
-        self.shape = moe_shape(self.config, ctx.data)
+        self.shape = self.model_shape(ctx)
         self.strategy = self.make_strategy(ctx)
         dense, experts = init_model(self.shape, seed=self.config.seed)
         self.layout = DenseLayout(self.shape.dense_shapes())
@@ -164,11 +167,11 @@ class ExpertParallelTraining(Technique):
         fwd = sum(self.flops.values()) * tokens
         logits, aux, routings = self.forward(ctx, x, hooks=self.forward_hooks(ctx, tokens))
         losses = task_loss(logits, y)  # (n,)
-        ((losses + c.aux_loss_coef * aux).sum() / coll.world_size).backward()
+        ((losses + c.aux_loss_coef * aux + self.extra_loss(routings)).sum() / coll.world_size).backward()
         ctx.compute_seconds += ctx.topology.compute_seconds(3 * fwd) - self._counted
         d = self.layout.dim
         grad = self.params.grad
-        dense = coll.all_reduce(grad[:, :d].contiguous(), op="sum", tag="dense_grads")
+        dense = self.sync_dense(ctx, grad[:, :d].contiguous())
         experts = self.strategy.sync_grads(grad[:, d:].contiguous())
         self.params.grad = torch.cat([dense.to(grad.dtype), experts.to(grad.dtype)], 1)
         if c.grad_clip:
@@ -181,6 +184,14 @@ class ExpertParallelTraining(Technique):
         self.moe_bytes += sum(e.total_bytes for e in new if e.tag.startswith("moe"))
         self.after_step(ctx, new)
         return RoundResult(coll.mean_metric(losses), self.extras(ctx, aux, routings, tokens))
+
+    def extra_loss(self, routings) -> torch.Tensor | float:
+        """(n,) further loss terms of a variant (LocMoE's locality loss); 0 here."""
+        return 0.0
+
+    def sync_dense(self, ctx: TrainContext, grad: torch.Tensor) -> torch.Tensor:
+        """DDP: the dense gradients summed over ranks (each rank back-propagated loss_r / P)."""
+        return ctx.collective.all_reduce(grad, op="sum", tag="dense_grads")
 
     def forward_hooks(self, ctx: TrainContext, tokens: int):
         """Forward compute on the clock layer by layer (attention before the MoE exchange of its layer)."""

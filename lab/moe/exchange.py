@@ -4,17 +4,18 @@ Each local rank has R rows (tokens, or (token, choice) pairs) with a
 destination rank and a slot there (which of the destination's experts computes
 the row), or no destination (-1: dropped, or computed where it is by a caller
 that skips the exchange). A `Plan` sorts every rank's rows by (destination,
-slot) and exchanges the counts first, so every process knows how many rows
-every rank sends to every rank for every slot: (P, P, S) int64, one
-`all_gather` of P·S int64 per rank, tag `<tag>_counts` (real systems exchange
-counts with a tiny all-to-all; the lab gathers them all because every process
-must record the same Ledger and pad its buffers to the same size).
+slot) and exchanges the counts first: recorded as the tiny all-to-all of P·S
+int64 per rank a real system sends (tag `<tag>_counts`). The lab also learns
+every rank's counts, (P, P, S), through an all-gather it does not record — a
+simulation artifact: rank-stacked buffers must be padded alike everywhere and
+every process must record the same Ledger.
 
 The rows then move in one all-to-all whose chunks are padded to the largest
 pair count (`cap`): rank-stacked tensors need equal chunk sizes. The Ledger is
 charged what an all_to_all_v sends, row bytes × count for every pair (i ≠ j),
 as a pairwise schedule on the Topology (P−1 steps, rank i sends to i+k in step
-k) — padding is never counted. A row a rank sends to itself costs nothing.
+k; empty messages are skipped) — padding is never counted. A row a rank sends
+to itself costs nothing.
 
 Autograd: the exchange is a permutation of rows, so its backward is the same
 exchange with the counts transposed (recorded with tag `<tag>_bwd`). The same
@@ -39,8 +40,10 @@ def pairwise_v_cost(topology, nbytes: np.ndarray):
         down = [(server, r) for r in range(p)]
         off = nbytes * (1 - np.eye(p))
         return topology.schedule_cost([Step.of(up, off.sum(1)), Step.of(down, off.sum(0))], "star_v")
-    steps = [Step.of([(r, (r + k) % p) for r in range(p)], [nbytes[r, (r + k) % p] for r in range(p)])
-             for k in range(1, p)]
+    steps = []
+    for k in range(1, p):  # empty messages are not sent
+        pairs = [(r, (r + k) % p) for r in range(p) if nbytes[r, (r + k) % p] > 0]
+        steps.append(Step.of(pairs, [nbytes[a, b] for a, b in pairs]) if pairs else None)
     return topology.schedule_cost(steps, "pairwise_v")
 
 
@@ -84,7 +87,10 @@ class Plan:
         valid = dest >= 0
         key = torch.where(valid, dest * s + slot, p * s)  # (n, R): invalid rows sort last
         local = torch.stack([torch.bincount(key[i], minlength=p * s + 1)[:p * s] for i in range(n)]).view(n, p, s)
-        self.counts = coll.all_gather(local, tag=f"{tag}_counts")[0].numpy()  # (P, P, S) the same everywhere
+        # what a real system sends: its P·S counts, one chunk per rank (a tiny all-to-all); the lab also learns
+        # every rank's counts (not recorded) so every process pads alike and records the same Ledger
+        coll.ledger.record("all_to_all", p * s * 8, tag=f"{tag}_counts")
+        self.counts = coll.all_gather(local, record=False)[0].numpy()  # (P, P, S) the same everywhere
         self.rows = self.counts.sum(-1)  # (P, P)
         self.cap = max(int(self.rows.max()), 1)
         # where each local row lands in its rank's send buffer (n, P·cap): chunk dest, position among its rows

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from lab.comm.collective import ordered_sum
+from lab.knobs import Knob, bad
+from lab.moe.ep import ExpertParallelTraining
 from lab.moe.layer import ExpertParallel
 from lab.moe.strategies import Strategy
 
@@ -198,3 +200,30 @@ def memory_per_rank(*, expert_numel: int, num_experts: int, world_size: int, sch
     if scheme == "ep":
         return {"states": e / p * s_e * (param_bytes + grad_bytes + state_bytes), "materialized": 0.0}
     raise ValueError(f"scheme={scheme!r} is invalid: expected 'fssdp', 'ep' or 'fsdp'")
+
+
+class FSSDPTraining(ExpertParallelTraining):
+    """Hecate FSSDP on the MoE model: experts fully sharded, materialized where the step's tokens go."""
+
+    name = "fssdp"
+    label = "FSSDP"
+    label_knobs = ("fssdp_slots",)
+    knobs = {
+        "fssdp_slots": Knob(2, "fssdp: experts materialized per rank per MoE layer (replicas follow the load)",
+                            low=1, high=1024),
+        "fssdp_rematerialize": Knob(True, "fssdp: free the gathered experts after the forward and gather them "
+                                    "again for the backward"),
+    }
+
+    @classmethod
+    def check_layout(cls, config) -> None:
+        e, p, s = config.num_experts, config.num_workers, config.fssdp_slots
+        if s > e:
+            bad("fssdp_slots", s, f"at most num_experts={e}")
+        if s * p < e:
+            bad("fssdp_slots", s, f"at least ceil(num_experts / num_workers) = {math.ceil(e / p)} (every expert "
+                "needs a host)")
+
+    def make_strategy(self, ctx):
+        return FSSDP(ctx.collective, self.shape, slots=self.config.fssdp_slots,
+                     rematerialize=self.config.fssdp_rematerialize)

@@ -118,10 +118,13 @@ def compute_slots(recv: torch.Tensor, slots: torch.Tensor, w1: torch.Tensor, w2:
             if len(src):
                 idx.append((torch.full_like(src, i), src, pos))
                 outs.append(expert_ffn(recv[i, src, pos], w1[i, s], w2[i, s]))
+    # zeros that depend on the received rows and the weights: a rank with nothing to compute still takes part in
+    # the backward exchanges (under torch.distributed every rank must run every collective of the backward)
+    base = recv * 0 + (w1.sum() + w2.sum()) * 0
     if not outs:
-        return torch.zeros_like(recv)
+        return base
     ii, ss, pp = (torch.cat(v) for v in zip(*idx))
-    return recv.new_zeros(recv.shape).index_put((ii, ss, pp), torch.cat(outs))
+    return base.index_put((ii, ss, pp), torch.cat(outs))
 
 
 class ExpertParallel:

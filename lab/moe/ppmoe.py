@@ -28,6 +28,9 @@ from __future__ import annotations
 
 import torch
 
+from lab.data import RankBatches, partition
+from lab.knobs import Knob, bad
+from lab.moe.ep import ExpertParallelTraining
 from lab.moe.layer import expert_ffn
 from lab.moe.strategies import Strategy
 
@@ -91,7 +94,7 @@ class PPMoE(Strategy):
         w1, w2 = self._split(rows, self.per)[l]
         x = _AllReduceBackward.apply(tokens, self.coll, self.groups, f"{tag}_tokens_bwd")
         gate = _AllReduceBackward.apply(routing.gate, self.coll, self.groups, f"{tag}_gates_bwd")
-        partial = torch.zeros_like(x)
+        partial = x * 0 + gate.sum() * 0 + (w1.sum() + w2.sum()) * 0  # zeros in the graph: every rank joins f's backward
         load = []
         for i, rank in enumerate(self.coll.ranks):
             mine = self.experts_of(rank)
@@ -117,3 +120,64 @@ class PPMoE(Strategy):
         every = self.coll.all_gather(rows.detach(), record=False)[0][: self.tp]  # group 0's ranks
         per = self._split(every, self.per)
         return [(w1.flatten(0, 1), w2.flatten(0, 1)) for w1, w2 in per]
+
+
+class GroupBatches:
+    """One batch stream per tensor-parallel group, repeated for each of the group's local ranks."""
+
+    def __init__(self, streams: RankBatches, groups: list[int]):
+        self.streams, self.groups = streams, groups
+        self.index = torch.tensor([streams.ranks.index(g) for g in groups])
+
+    def next(self):
+        x, y = self.streams.next()  # (groups held here, B, ...)
+        return x[self.index], y[self.index]
+
+    def state_dict(self) -> dict:
+        return self.streams.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.streams.load_state_dict(state)
+
+
+class PPMoETraining(ExpertParallelTraining):
+    """PPMoE on the MoE model: groups of `tp_size` ranks see the same batches; the dense gradients are
+    all-reduced across the groups (ranks at the same position), the experts' across the groups too."""
+
+    name = "ppmoe"
+    label = "PPMoE"
+    label_knobs = ("tp_size",)
+    knobs = {"tp_size": Knob(0, "ppmoe: ranks per tensor-parallel group holding the experts (0 = ranks per node)",
+                             low=0, high=4096)}
+
+    @classmethod
+    def check_layout(cls, config) -> None:
+        from lab.topology import preset
+
+        tp = config.tp_size or preset(config.topology, config.num_workers).ranks_per_node
+        if config.num_workers % tp:
+            bad("tp_size", config.tp_size, f"a divisor of num_workers={config.num_workers} (0 = ranks per node)")
+        if config.num_experts % tp:
+            bad("num_experts", config.num_experts, f"a multiple of the tensor-parallel group size {tp}")
+
+    def make_strategy(self, ctx):
+        self.tp = self.config.tp_size or ctx.topology.ranks_per_node
+        return PPMoE(ctx.collective, self.shape, tp_size=self.tp)
+
+    def setup(self, ctx):
+        super().setup(ctx)
+        c, p = self.config, ctx.collective.world_size
+        groups = p // self.tp
+        data = ctx.data
+        shards = partition(data.num_train, data.labels, scheme=c.partition, num_workers=groups, seed=c.seed,
+                           alpha=c.dirichlet_alpha, shards_per_worker=c.shards_per_worker)
+        ctx.batches = GroupBatches(RankBatches(data.x_train, data.y_train, shards, batch_size=c.batch_size,
+                                               seed=c.seed, ranks=sorted({r // self.tp for r in ctx.collective.ranks})),
+                                   [r // self.tp for r in ctx.collective.ranks])
+
+    def sync_dense(self, ctx, grad):
+        """Every rank of a group holds the group's full gradient: sum over the groups, times tp (lab: the
+        backbone is replicated in a group; a split one would all-reduce 1/tp of it)."""
+        if self.strategy.groups is None:
+            return grad * self.tp
+        return ctx.collective.all_reduce(grad, op="sum", tag="dense_grads", groups=self.strategy.replicas) * self.tp

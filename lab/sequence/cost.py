@@ -224,3 +224,31 @@ def _concurrent_seconds(topology, p2p_ops) -> float:
         return sum(topology.peer_cost(who, nbytes, "send_recv").seconds for _, who, nbytes in p2p_ops)
     step = Step.of(pairs, np.asarray(sizes, dtype=float))
     return topology.schedule_cost([step], "p2p").seconds
+
+
+def sweep(methods, seq_lengths, topologies, *, batch: int = 1, heads: int = 32, head_dim: int = 128,
+          kv_heads: int = 0, bytes_per_element: int = 2, causal: bool = True, layout: str = "zigzag"):
+    """One row per (topology, sequence length, method): bytes per rank, communication, compute and simulated
+    seconds of one attention layer (forward + backward) over every rank of the topology, and the layer's
+    activation bytes per rank (`lab.sequence.memory`). `topologies` are Topology objects. Combinations a
+    method cannot run (heads not divisible by its all-to-all group) are left out."""
+    import pandas as pd
+
+    from lab.sequence.memory import activation_bytes
+
+    rows = []
+    for t in topologies:
+        for n in seq_lengths:
+            for m in methods:
+                u = min(t.ranks_per_node, t.num_ranks)
+                if (m == "ulysses" and heads % t.num_ranks) or (m == "usp" and heads % u):
+                    continue
+                c = layer_cost(m, topology=t, batch=batch, seq=n, heads=heads, head_dim=head_dim, kv_heads=kv_heads,
+                               bytes_per_element=bytes_per_element, causal=causal, layout=layout, ulysses_degree=u)
+                mem = activation_bytes(batch=batch, seq=n, hidden=heads * head_dim, layers=1, heads=heads,
+                                       sp_degree=t.num_ranks, method=m, bytes_per_element=bytes_per_element)
+                rows.append({"topology": t.name, "ranks": t.num_ranks, "seq": n, "method": m,
+                             "bytes_per_rank": c["bytes_per_rank"], "comm_seconds": c["comm_seconds"],
+                             "compute_seconds": c["compute_seconds"], "sim_seconds": c["sim_seconds"],
+                             "activation_bytes": mem})
+    return pd.DataFrame(rows)

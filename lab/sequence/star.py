@@ -80,11 +80,13 @@ def phase1_reference(q, k, v, *, num_hosts: int, anchor: int):
 
 
 @torch.no_grad()
-def star_gpt_error(model, context: torch.Tensor, query: torch.Tensor, *, collective, anchor: int = 0) -> dict:
+def star_gpt_error(model, context: torch.Tensor, query: torch.Tensor, *, collective, anchor: int = 0,
+                   targets: torch.Tensor | None = None) -> dict:
     """Star Attention inference of a TinyGPT over `collective.world_size` hosts (simulated: all hosts in this
     process) against the model's full attention. context (B, N), query (B, Nq) token ids; anchor 0 means
     one block. Returns the max |logit difference| on the query tokens and on the context, the share of
-    query tokens whose argmax agrees, and the phase-2 bytes per rank."""
+    query tokens whose argmax agrees, the phase-2 bytes per rank and, with next-token `targets` (B, Nq),
+    the query tokens' cross-entropy under Star Attention and under full attention."""
     p = collective.world_size
     b, n = context.shape
     nq = query.shape[1]
@@ -125,7 +127,10 @@ def star_gpt_error(model, context: torch.Tensor, query: torch.Tensor, *, collect
                            lambda: model(q_ids, torch.arange(n, n + nq)))[:b]  # every host holds the same
     ctx_mine = ctx_logits.view(len(ranks), b, anchor + c, -1)[:, :, anchor:]  # (n, B, C, V)
     ctx_ref = full[:, :n].reshape(b, p, c, -1)[:, ranks].transpose(0, 1)
-    return {"query_logit_error": float((q_logits - full[:, n:]).abs().max()),
+    out = {} if targets is None else {
+        "query_loss_star": float(torch.nn.functional.cross_entropy(q_logits.flatten(0, 1), targets.flatten())),
+        "query_loss_full": float(torch.nn.functional.cross_entropy(full[:, n:].flatten(0, 1), targets.flatten()))}
+    return out | {"query_logit_error": float((q_logits - full[:, n:]).abs().max()),
             "context_logit_error": float((ctx_mine - ctx_ref).abs().max()),
             "query_argmax_agreement": float((q_logits.argmax(-1) == full[:, n:].argmax(-1)).float().mean()),
             "logit_scale": float(full[:, n:].abs().max()),

@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 
 from lab.comm.collective import Collective, ordered_sum
-from lab.comm.packet import Packet
 from lab.compress.base import Compressor
+from lab.compress.exchange import all_to_all_compressed
 from lab.sharding.layout import hierarchical_order, level_groups
 
 
@@ -56,13 +56,7 @@ def hierarchical_reduce_scatter(coll: Collective, x: torch.Tensor, *, sizes: tup
 
 
 def _exchange(coll: Collective, send: torch.Tensor, groups, quant: Compressor | None, tag: str) -> torch.Tensor:
-    n, g, width = send.shape
     groups = None if len(groups) == 1 else groups
     if quant is None:
         return coll.all_to_all(send, tag=tag, groups=groups)
-    packet = quant.compress(send.reshape(n * g, width))  # each chunk quantized on its own blocks
-    packet = Packet({k: v.reshape(n, g, *v.shape[1:]) for k, v in packet.tensors.items()}, packet.header_bytes,
-                    packet.meta)
-    got = coll.all_to_all(packet, tag=tag, groups=groups)
-    flat = got.map(lambda t: t.reshape(n * g, *t.shape[2:]))
-    return quant.decompress(flat).view(n, g, width)
+    return all_to_all_compressed(coll, send, quant, groups=groups, tag=tag)  # the compressed hop (lab.compress)

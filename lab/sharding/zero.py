@@ -39,26 +39,23 @@ subset of qwz, hpz, qgz), `hpz_size` H (0 = ranks per node), `quant_block`,
 Exactness: with the same optimizer, parameters equal DDP's up to the order of
 the gradient sums (E0/E1); qwZ and qgZ are lossy by design (E2).
 
+The step itself is `lab.sharding.step.ShardedStep` (the one implementation of a
+sharded step, which the sync techniques that compose with sharding run too:
+`lab.sync.sharded`); ZeRO is that step with the dense mean of each gradient
+slice over the replicas at every step — DDP across replicas.
+
 `memory` holds, after every step, the bytes per rank of the tensors this
 technique holds when the optimizer has stepped (params, grads, optimizer, buffers),
 counted from the tensors themselves; `lab.sharding.memory` predicts them.
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
-from lab.compress.quantize import IntQuantizer
 from lab.knobs import Knob, bad
-from lab.sharding.adam_mini import split_blocks as split_blocks_of
-from lab.sharding.hierarchy import hierarchical_reduce_scatter
-from lab.sharding.layout import ShardLayout
-from lab.sharding.options import parse_zeropp
+from lab.sharding.options import reads_sharding
+from lab.sharding.step import ShardedStep, tensor_bytes  # noqa: F401  (tensor_bytes: re-exported)
 from lab.technique import LOCAL_OPTIMIZER, RoundResult, Technique, TrainContext
 
-
-def tensor_bytes(*tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+_SHARDED = "only sharding_degree > 1 reads it (technique='zero': always)"
 
 
 class ZeRO(Technique):
@@ -66,14 +63,17 @@ class ZeRO(Technique):
     label = "ZeRO"
     reads = LOCAL_OPTIMIZER
     label_knobs = ("zero_stage", "sharding_degree")
+    #: reads the sharding knobs at any S (S = 1 is DDP through the sharded code path)
+    shards_always = True
     knobs = {
-        "zero_stage": Knob(3, "model states sharded: 1 optimizer states, 2 + gradients, 3 + parameters", choices=(1, 2, 3)),
-        "sharding_degree": Knob(0, "ranks sharing one copy of the model state, S (0 = all workers; a divisor of num_workers; S < num_workers replicates it R = num_workers/S times)", low=0, high=100_000),
-        "zeropp": Knob("none", "zero stage 3: ZeRO++ options, 'none' or a '+'-joined subset of qwz (int8 weight gather), hpz (node-local secondary weights), qgz (int4 2-hop gradient reduction)"),
-        "hpz_size": Knob(0, "ranks per secondary-partition group (0 = ranks per node)", low=0, high=100_000, read_when=lambda c: "hpz" in c.zeropp, why="only zeropp with 'hpz' reads it"),
-        "quant_block": Knob(256, "values per fp32 scale in block-wise quantization", low=1, high=2**24, read_when=lambda c: "qwz" in c.zeropp or "qgz" in c.zeropp, why="only zeropp with 'qwz' or 'qgz' reads it"),
+        "zero_stage": Knob(3, "model states sharded: 1 optimizer states, 2 + gradients, 3 + parameters", choices=(1, 2, 3),
+                           read_when=reads_sharding, why=_SHARDED, probe_with={"sharding_degree": 2}),
+        "sharding_degree": Knob(0, "ranks sharing one copy of the model state, S (a divisor of num_workers; S < num_workers replicates it R = num_workers/S times; 0 = the technique's default: all workers for zero, no sharding (1) for the sync techniques that compose with it: ddp, local_sgd, qsr, diloco, streaming_diloco shard inside each of the R replicas and sync across them, lab.sync.sharded)", low=0, high=100_000, probe=2),
+        "zeropp": Knob("none", "zero stage 3: ZeRO++ options, 'none' or a '+'-joined subset of qwz (int8 weight gather), hpz (node-local secondary weights), qgz (int4 2-hop gradient reduction; zero only)", probe="qwz", read_when=reads_sharding, why=_SHARDED, probe_with={"sharding_degree": 2}),
+        "hpz_size": Knob(0, "ranks per secondary-partition group (0 = ranks per node; composed with a sync technique: its gcd with sharding_degree, so the group stays in one replica)", low=0, high=100_000, read_when=lambda c: reads_sharding(c) and "hpz" in c.zeropp, why="only zeropp with 'hpz' reads it", probe_with={"zeropp": "hpz", "sharding_degree": 2}),
+        "quant_block": Knob(256, "values per fp32 scale in block-wise quantization", low=1, high=2**24, read_when=lambda c: reads_sharding(c) and ("qwz" in c.zeropp or "qgz" in c.zeropp), why="only zeropp with 'qwz' or 'qgz' reads it", probe_with={"zeropp": "qwz", "sharding_degree": 2}),
         "reduce_levels": Knob("flat", "zero (sharding_degree = all): gradient reduction: one reduce-scatter, or hierarchical all-to-alls by node (ZeRO++'s 2 hops) or by die, GPU and node (Frontier's 3)", choices=("flat", "node", "die+node")),
-        "dies_per_gpu": Knob(2, "ranks per GPU (a divisor of the ranks per node)", low=1, high=1024, read_when=lambda c: c.reduce_levels == "die+node", why="only reduce_levels='die+node' reads it"),
+        "dies_per_gpu": Knob(2, "ranks per GPU (a divisor of the ranks per node)", low=1, high=1024, read_when=lambda c: c.reduce_levels == "die+node", why="only reduce_levels='die+node' reads it", probe_with={"reduce_levels": "die+node"}),
     }
 
     @classmethod
@@ -83,194 +83,29 @@ class ZeRO(Technique):
         options.check(c, bad)
 
     def setup(self, ctx: TrainContext) -> None:
-        c, coll = self.config, ctx.collective
-        p = coll.world_size
-        self.stage = c.zero_stage
-        self.flags = parse_zeropp(c.zeropp)
-        hpz = (c.hpz_size or ctx.topology.ranks_per_node) if "hpz" in self.flags else 0
-        self.layout = ShardLayout(p, c.sharding_degree or p, hpz)
-        lay = self.layout
-        self.d = ctx.cluster.dim
-        self.d_pad = lay.padded(self.d)
-        self.c = self.d_pad // lay.sharding_degree
-        self.rows = torch.arange(coll.num_local)
-        self.shard_idx = torch.tensor([lay.shard_index(r) for r in coll.ranks])
-        self.shard_groups, self.replica_groups = lay.shard_groups(), lay.replica_groups()
-        self.quant = IntQuantizer(bits=8, block=c.quant_block) if "qwz" in self.flags else None
-        self.grad_quant = IntQuantizer(bits=4, block=c.quant_block) if "qgz" in self.flags else None
-        full = self._pad(ctx.cluster.params.detach())  # (n, d_pad)
-        self.master = self._my_slice(full, lay.sharding_degree).clone()  # (n, c): the optimizer's slice
-        from lab.optim import make_optimizer
+        self.sharded = ShardedStep(self.config, ctx)
 
-        self.coll = coll
-        self.optimizer = make_optimizer(c, self.master, cluster=ctx.cluster, layout=self)
-        ctx.optimizer = self.optimizer
-        self.grad_full = torch.zeros(coll.num_local, self.d_pad) if self.stage == 1 else None  # stage 1 keeps it
-        self.secondary = None  # (n, d_pad / H): hpZ's slice, refreshed at every forward gather
-        self.memory: dict[str, int] = {}
+    @property
+    def layout(self):
+        return self.sharded.layout
 
-    # ---- layout helpers ----------------------------------------------------------------------------
-    def _pad(self, t: torch.Tensor) -> torch.Tensor:  # (n, d) -> (n, d_pad)
-        return t if t.shape[1] == self.d_pad else F.pad(t, (0, self.d_pad - t.shape[1]))
+    @property
+    def memory(self) -> dict[str, int]:
+        return self.sharded.memory
 
-    def _my_slice(self, full: torch.Tensor, parts: int, index: torch.Tensor | None = None) -> torch.Tensor:
-        """(n, d_pad) -> (n, d_pad / parts): row i's slice number index[i] (default: its shard index)."""
-        index = self.shard_idx if index is None else index
-        return full.view(full.shape[0], parts, -1)[self.rows, index]
-
-    def slice_bounds(self, rank: int) -> tuple[int, int]:
-        """[lo, hi) of the padded flat vector that `rank` owns."""
-        lo = self.layout.shard_index(rank) * self.c
-        return lo, lo + self.c
-
-    def adam_mini_slices(self, bounds: torch.Tensor) -> dict:
-        """What `AdamMini` needs to step on this rank's slices: where each row's slice starts, which blocks
-        the slice boundaries split, and the all-reduce that sums their partial sums in the shard group."""
-        s = self.layout.sharding_degree
-        lo = [self.slice_bounds(r)[0] for r in self.coll.ranks]
-
-        def reduce(part):  # (n, #split) partial sums of g² -> their sums over the shard group
-            return self.coll.all_reduce(part, op="sum", tag="adam_mini", groups=self.shard_groups)
-
-        return {"lo": lo, "reduce": reduce if s > 1 else None,
-                "split": split_blocks_of(bounds, [k * self.c for k in range(1, s)])}
-
-    # ---- communication -------------------------------------------------------------------------------
-    def _gather_params(self, ctx: TrainContext, tag: str, *, quantize: bool) -> torch.Tensor:
-        """All-gather the primary slices in the shard group -> (n, d_pad) (dequantized if `quantize`)."""
-        n, s = self.master.shape[0], self.layout.sharding_degree
-        if s == 1:
-            return self.master.detach()
-        if quantize:
-            got = ctx.collective.all_gather(self.quant.compress(self.master.detach()), tag=tag,
-                                            groups=self.shard_groups)  # tensors (n, S, ...)
-            flat = got.map(lambda t: t.reshape(n * s, *t.shape[2:]))
-            return self.quant.decompress(flat).view(n, self.d_pad)
-        got = ctx.collective.all_gather(self.master.detach(), tag=tag, groups=self.shard_groups)  # (n, S, c)
-        return got.reshape(n, self.d_pad)
-
-    def _gather_secondary(self, ctx: TrainContext, tag: str) -> torch.Tensor:
-        """hpZ: all-gather the secondary slices inside the hpZ group -> (n, d_pad)."""
-        got = ctx.collective.all_gather(self.secondary, tag=tag, groups=self.layout.hpz_groups())
-        return got.reshape(self.secondary.shape[0], self.d_pad)
-
-    def _reduce_grads(self, ctx: TrainContext, grads: torch.Tensor) -> torch.Tensor:
-        """(n, d_pad) full gradients -> (n, c) this rank's slice of their mean over all P ranks."""
-        coll, lay = ctx.collective, self.layout
-        sizes = self.reduce_sizes(ctx)
-        if sizes is not None:
-            quant = (self.grad_quant,) * len(sizes) if self.grad_quant is not None else None
-            g = hierarchical_reduce_scatter(coll, grads, sizes=sizes, quantizers=quant, tag="grads")
-        elif lay.sharding_degree > 1:
-            g = coll.reduce_scatter(grads, op="mean", tag="grads", groups=self.shard_groups)
-        else:
-            g = grads
-        if lay.replication_degree > 1:
-            g = coll.all_reduce(g, op="mean", tag="grads_replicas", groups=self.replica_groups)
-        return g.contiguous()
-
-    def reduce_sizes(self, ctx: TrainContext) -> tuple[int, ...] | None:
-        """Level sizes of the hierarchical gradient reduction, or None for one reduce-scatter."""
-        levels = self.config.reduce_levels
-        if levels == "flat" and self.grad_quant is None:
-            return None
-        d, nodes = ctx.topology.ranks_per_node, ctx.topology.num_nodes
-        if levels == "die+node":
-            g1 = self.config.dies_per_gpu
-            return (g1, d // g1, nodes)
-        return (d, nodes)
-
-    def _clip(self, ctx: TrainContext, g: torch.Tensor) -> None:
-        """Clip by the norm of the whole averaged gradient: the slices' squared norms are summed in the shard group."""
-        sq = (g.double() ** 2).sum(dim=1, keepdim=True)  # (n, 1)
-        if self.layout.sharding_degree > 1:
-            sq = ctx.collective.all_reduce(sq, op="sum", tag="grad_norm", groups=self.shard_groups)
-        scale = (self.config.grad_clip / (sq.sqrt().float() + 1e-6)).clamp(max=1.0)
-        g.mul_(scale)
-
-    # ---- one step ----------------------------------------------------------------------------------
     def round(self, ctx: TrainContext) -> RoundResult:
-        cl = ctx.cluster
-        ctx.ledger.step = ctx.step
-        for group in self.optimizer.param_groups:
-            group["lr"] = ctx.lr_now()
-        x, y = ctx.batches.next()
-        if self.stage == 3:
-            losses, grads = self._stage3_forward_backward(ctx, x, y)
-        else:
-            losses, grads = cl.loss_and_grad(cl.params, x, y)
-        # compute before the gradient's messages (the clock's order); stage 3 recomputes its forward: + 1/3
-        ctx.compute_seconds += ctx.step_compute_seconds * (4 / 3 if self.stage == 3 else 1)
-        grads = self._pad(grads)  # (n, d_pad)
-        if self.grad_full is not None:  # stage 1: the full gradient buffer persists
-            self.grad_full.copy_(grads)
-            grads = self.grad_full
-        shard_grad = self._reduce_grads(ctx, grads)  # (n, c)
-        del grads
-        if self.config.grad_clip:
-            self._clip(ctx, shard_grad)
-        self.master.grad = shard_grad
-        del shard_grad  # the optimizer's .grad is the only reference: zero_grad frees it
-        self.optimizer.step()
-        self.memory = self.memory_snapshot(ctx)  # everything is alive here: the step's peak
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.stage in (1, 2):
-            with torch.no_grad():
-                cl.params.copy_(self._gather_params(ctx, "params", quantize=False)[:, :self.d])
-        ctx.step += 1
-        lay = self.layout
+        sh = self.sharded
+        losses = sh.step(ctx, exchange=lambda g: sh.replica_mean(ctx, g))
         return RoundResult(ctx.collective.mean_metric(losses),
-                           {"sharding_degree": lay.sharding_degree, "replication_degree": lay.replication_degree})
+                           {"sharding_degree": sh.layout.sharding_degree, "replication_degree": sh.replication_degree})
 
-    def _stage3_forward_backward(self, ctx: TrainContext, x, y):
-        cl = ctx.cluster
-        full = self._gather_params(ctx, "params_fwd", quantize=self.quant is not None)  # (n, d_pad)
-        if self.layout.hpz_size:  # keep this rank's slice of its hpZ group while the full weights are here
-            idx = torch.tensor([self.layout.hpz_index(r) for r in ctx.collective.ranks])
-            self.secondary = self._my_slice(full, self.layout.hpz_size, idx).clone()
-        with torch.no_grad():
-            cl.params.copy_(full[:, :self.d])
-            del full
-            losses = cl.losses(cl.params, x, y)  # forward only: activations are not kept
-        if self.layout.hpz_size:
-            full = self._gather_secondary(ctx, "params_bwd")
-        else:
-            full = self._gather_params(ctx, "params_bwd", quantize=self.quant is not None)
-        with torch.no_grad():
-            cl.params.copy_(full[:, :self.d])
-            del full
-        _, grads = cl.loss_and_grad(cl.params, x, y)  # backward recomputes the forward
-        return losses, grads
-
-    # ---- views -----------------------------------------------------------------------------------------
-    def model_row(self, ctx: TrainContext) -> torch.Tensor:
-        """The current model (d,). Stage 3 gathers the slices (not recorded: an observer's view) into the
-        cluster's parameter buffer; stages 1–2 hold full, identical parameters on every rank already."""
-        if self.stage == 3:
-            got = ctx.collective.all_gather(self.master.detach(), record=False, groups=self.shard_groups)
-            with torch.no_grad():
-                ctx.cluster.params.copy_(got.reshape(self.master.shape[0], self.d_pad)[:, :self.d])
-        return ctx.cluster.params[0].detach().clone()
-
-    def memory_snapshot(self, ctx: TrainContext) -> dict[str, int]:
-        """Bytes per rank of what this rank holds right after the optimizer step, before gradients are
-        released, by category (scalar optimizer step counters are left out)."""
-        n = self.master.shape[0]
-        state = [t for s in self.optimizer.state.values() for t in s.values()
-                 if torch.is_tensor(t) and t.dim() >= 1]
-        params = ctx.cluster.params
-        if self.stage == 3:
-            out = {"params": tensor_bytes(self.master), "grads": tensor_bytes(self.master.grad),
-                   "optimizer": tensor_bytes(*state), "buffers": tensor_bytes(params, self.secondary)}
-        else:
-            out = {"params": tensor_bytes(params), "grads": tensor_bytes(self.grad_full, self.master.grad),
-                   "optimizer": tensor_bytes(self.master, *state), "buffers": 0}
-        return {k: v // n for k, v in out.items()}
+    def model_row(self, ctx: TrainContext):
+        """The current model (d,): every replica holds the same after each step (stage 3 gathers its slices,
+        not recorded, into the cluster's parameter buffer)."""
+        return self.sharded.full_rows(ctx)[0].clone()
 
     def state_dict(self) -> dict:
-        return {"master": self.master.detach().clone(), "optimizer": self.optimizer.state_dict()}
+        return self.sharded.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        with torch.no_grad():
-            self.master.copy_(state["master"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.sharded.load_state_dict(state)

@@ -6,14 +6,21 @@ ring (or hierarchical) all-reduce.
 
 With a compressor (`compressor`, `compression_ratio`, `error_feedback`), each rank
 compresses its gradient through a `lab.compress.Channel`: error feedback
-prepares what is compressed, the compressor moves it across ranks in its own
-way (packets all-gathered and decoded in ascending rank order — sparse payloads
-do not sum in an all-reduce; half precision all-reduced; PowerSGD's P and Q
-factors all-reduced) and every rank applies the same averaged gradient. The
-metrics column `measured_ratio` is the message's encoded bytes over its dense
-fp32 bytes.
+prepares what is compressed, and the compressed all-reduce algorithm the
+topology chooses (`compress_algorithm`: two-phase by default — chunk j to rank
+j, reduced, re-compressed and all-gathered, error feedback on both hops — or
+the all-gather of encoded messages, or a parameter server; half precision and
+PowerSGD's P and Q factors are all-reduced) moves it, and every rank applies
+the same averaged gradient. Metrics columns `payload_ratio` (one message's
+encoded over dense fp32 bytes) and `traffic_ratio` (the busiest rank's bytes
+over the dense ring all-reduce's).
 
-With `overlap=True` (dense gradients) the all-reduce is cut into `num_buckets`
+With `sharding_degree` S > 1 (`lab.sync.sharded`) every step is a sharded step inside each of the R = P/S
+replicas (ZeRO stage `zero_stage`), and the gradient slice of each rank (d/S values) is averaged with its
+counterparts in the other replicas, through the compressor when one is set (`lab.compress.grouped`);
+uncompressed this is ZeRO's hybrid sharding, tag `grads_replicas`.
+
+With `overlap=True` (dense gradients, no sharding) the all-reduce is cut into `num_buckets`
 buckets that overlap the backward pass on the simulated clock (lab.clock), as
 PyTorch DDP's gradient buckets do; the bytes are the same, the latency is paid
 once per bucket.
@@ -24,20 +31,24 @@ import torch
 
 from lab.knobs import Knob
 from lab.compress import make_channel
-from lab.technique import LOCAL_OPTIMIZER, RoundResult, Technique, TrainContext
+from lab.sharding.options import degree
+from lab.sync.sharded import Sharded
+from lab.technique import LOCAL_OPTIMIZER, RoundResult, TrainContext
 
 
-class DDP(Technique):
+class DDP(Sharded):
     name = "ddp"
     label = "DDP"
     reads = LOCAL_OPTIMIZER
     compressor_path = "gradient"
     knobs = {
-        "overlap": Knob(False, "bucketed gradient all-reduce overlaps the backward pass on the simulated clock"),
-        "num_buckets": Knob(4, "gradient buckets, each all-reduced when its backward slice is done", low=1, high=10_000, read_when=lambda c: c.overlap, why="only overlap=True reads it"),
+        "overlap": Knob(False, "bucketed gradient all-reduce overlaps the backward pass on the simulated clock",
+                        read_when=lambda c: degree(c) == 1, why="a sharded step (sharding_degree > 1) is not bucketed"),
+        "num_buckets": Knob(4, "gradient buckets, each all-reduced when its backward slice is done", low=1, high=10_000, read_when=lambda c: c.overlap, why="only overlap=True reads it", probe_with={"overlap": True}),
     }
 
     def setup(self, ctx: TrainContext) -> None:
+        super().setup(ctx)  # the sharded step, with sharding_degree > 1
         self.channel = make_channel(self.config, ctx)
 
     def _sync_grads(self, ctx: TrainContext, grad: torch.Tensor) -> torch.Tensor:  # (n, d) -> (n, d)
@@ -63,11 +74,18 @@ class DDP(Technique):
         return out
 
     def round(self, ctx: TrainContext) -> RoundResult:
+        if self.sharded is not None:  # each rank's gradient slice averaged with its counterparts
+            sh = self.sharded
+            losses = sh.step(ctx, exchange=lambda g: sh.exchange_mean(ctx, g, tag="grads_replicas",
+                                                                       channel=self.channel))
+            columns = {} if self.channel.dense else self.channel.columns()
+            return RoundResult(ctx.collective.mean_metric(losses), {**columns, **self.sharding_columns()})
         losses = ctx.local_step(grad_hook=lambda g: self._sync_grads(ctx, g))
-        return RoundResult(ctx.collective.mean_metric(losses), {"measured_ratio": self.channel.measured_ratio})
+        return RoundResult(ctx.collective.mean_metric(losses), {} if self.channel.dense else self.channel.columns())
 
     def state_dict(self) -> dict:
-        return {"channel": self.channel.state_dict()}
+        return {**super().state_dict(), "channel": self.channel.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         self.channel.load_state_dict(state["channel"])

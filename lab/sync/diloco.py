@@ -21,14 +21,23 @@ every H steps: 1/H of DDP's bytes. With a `compressor` (compressor path
 'outer_gradient') the outer gradients Δ_m go through the periodic base's
 compressed channel (`lab.compress.make_channel`: the compressed collective
 algorithm, with `error_feedback`), and the outer step takes the decoded mean;
-the global copy and the outer optimizer stay fp32. The metrics column
-`measured_ratio` is then the message's encoded over dense bytes.
+the global copy and the outer optimizer stay fp32. The metrics columns
+`payload_ratio` and `traffic_ratio` are then the exchange's (`lab.compress.channel`).
 
-Knobs: `sync_period` (H), `optimizer`, `lr`, `lr_schedule`, `warmup_steps`
-(inner; the paper uses AdamW, lr 4e-4, cosine), `outer_lr` (0.7),
+Knobs: `sync_period` (H), `optimizer`, `lr`, `adam_beta1`, `adam_beta2`,
+`lr_schedule`, `warmup_steps` (inner; the paper uses AdamW with β = (0.9, 0.95),
+lr 4e-4, cosine): by default (`optimizer='auto'`, `adam_beta2=0`, `lr` left at
+the shared default) the inner optimizer is AdamW β = (0.9, 0.95) at lr 3e-3
+(`lab.optim.optimizer_name`, `adam_betas`); `optimizer='sgd'` gives Local SGD's inner steps
+(with outer_lr 1 and no outer momentum DiLoCo then equals Local SGD). `outer_lr` (0.7),
 `outer_momentum` (0.9), the compressor's. The last round is shortened to the
 steps left (the round is `lab.sync.periodic`'s). The evaluated model is the
 global θ_g.
+
+With `sharding_degree` S > 1 (`lab.sync.sharded`) each replica of S ranks takes its inner steps as sharded
+steps (ZeRO stage `zero_stage`); each rank keeps its shard of θ_g and of the outer momentum, averages only
+its shard's outer gradient (d/S values) with its counterparts in the other replicas and takes the outer step
+on its shard.
 """
 from __future__ import annotations
 
@@ -36,6 +45,7 @@ import torch
 
 from lab.knobs import Knob
 from lab.sync.periodic import PeriodicSync
+from lab.sync.sharded import Sharded
 from lab.technique import TrainContext
 
 
@@ -50,10 +60,14 @@ def outer_nesterov_(theta: torch.Tensor, buf: torch.Tensor, delta: torch.Tensor,
     theta.sub_(step, alpha=lr)
 
 
-class DiLoCo(PeriodicSync):
+class DiLoCo(Sharded, PeriodicSync):
     name = "diloco"
     label = "DiLoCo"
     compressor_path = "outer_gradient"
+    sync_state = ("global_row", "buf")
+    default_optimizer = "adamw"  # the paper's inner optimizer, with betas (0.9, 0.95)
+    default_adam_beta2 = 0.95
+    default_lr = 3e-3  # for that AdamW on the lab's tiny models (the paper: 4e-4 at 150M+ parameters)
     knobs = {
         "outer_lr": Knob(0.7, "outer SGD learning rate", low=0.0, low_open=True, high=1e3),
         "outer_momentum": Knob(0.9, "outer Nesterov momentum", low=0.0, high=1.0, high_open=True),
@@ -61,19 +75,19 @@ class DiLoCo(PeriodicSync):
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
-        self.global_row = ctx.cluster.params.detach()[0].clone()  # (d,) θ_g, the same on every rank
+        self.global_row = self.consensus(ctx)  # (d,) θ_g, the same on every rank (sharded: its shard, (n, c))
         self.buf = torch.zeros_like(self.global_row)  # (d,) outer momentum
 
     def sync(self, ctx: TrainContext) -> dict:
         c = self.config
-        delta = self.global_row - ctx.cluster.params.detach()  # (n, d) outer gradients (pseudo-gradients)
+        delta = self.global_row - self.rows(ctx)  # (n, d) outer gradients (pseudo-gradients)
         mean = self.average(ctx, delta, tag="pseudo_grad", reference=self.global_row)  # (d,)
         outer_nesterov_(self.global_row, self.buf, mean, lr=c.outer_lr, momentum=c.outer_momentum)
-        ctx.cluster.set_rows(self.global_row)
+        self.set_rows(ctx, self.global_row)
         return self.compression_columns()
 
     def model_row(self, ctx: TrainContext) -> torch.Tensor:
-        return self.global_row
+        return self.full(ctx, self.global_row)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "global_row": self.global_row, "buf": self.buf}

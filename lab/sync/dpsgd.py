@@ -33,9 +33,13 @@ class DPSGD(PeriodicSync):
     name = "dpsgd"
     label = "D-PSGD"
     label_knobs = ("graph",)
+    defaults = {"sync_period": 1}  # D-PSGD gossips after every local step (Lian et al. 2017)
     knobs = {
         "graph": Knob("ring", "gossip graph", choices=GRAPHS),
-        "graph_degree": Knob(4, "neighbours per rank", low=1, high=100_000, read_when=lambda c: c.graph == "random_regular", why="only graph='random_regular' reads it"),
+        "graph_degree": Knob(4, "neighbours per rank", low=1, high=100_000,
+                             read_when=lambda c: c.graph == "random_regular",
+                             why="only graph='random_regular' reads it",
+                             probe_with={"graph": "random_regular", "num_workers": 8}),
     }
 
     @classmethod

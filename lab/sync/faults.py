@@ -1,36 +1,45 @@
 """Client faults shared by the federated techniques, and the record of who took part in each round.
 
-Real federated rounds lose clients. The lab models four kinds, all drawn from
+Real federated rounds lose clients. The lab models these kinds, all drawn from
 generators seeded by (seed, round), so every process of a distributed run and
 every technique run on the same config see the same faults:
 
 - **dropout** (`dropout_prob`): a sampled client leaves the round and says so
   (a closed connection); the server does not wait for it.
+- **failure during the round** (`fail_prob`): a client that was picked — a
+  trainer, or one of MoDeST's aggregators — crashes after being picked and
+  before sending anything this round, without a word (a dead machine, a lost
+  link). It is back for the next round. A server cannot tell it from a slow
+  client, so without a deadline it waits for it forever.
 - **stragglers** (`straggler_prob`, `straggler_slowdown`): a sampled client
   computes `straggler_slowdown` times slower than its nominal time
   (local steps × the device's step time).
-- **clients that stop for good** (`clients_stop`, `stop_round`): from round
-  `stop_round` on, that many clients (chosen by the seed) never answer again.
-  A server cannot tell a dead client from a slow one.
+- **leaves** (`clients_stop`, `stop_round`, `return_round`): from round
+  `stop_round` on, that many clients (chosen by the seed) stop answering — for
+  good, or until round `return_round` when they come back (0 = never).
+- **late joins** (`clients_join`, `join_round`): that many other clients (chosen
+  by the seed) are not there before round `join_round`: a server cannot sample
+  a client that has not registered, and MoDeST's peers learn of a join one
+  round after it is announced (`joined`).
 - **sign-flipping (Byzantine) clients** (`byzantine_clients`, `byzantine_scale`):
   they upload the negation of their honest update, x − scale·(y − x), or of
   their vote (FedVote). Applied where the upload is a model or a vote: FedAvg,
   FedProx, PGFed, FedVote (not the control-variate uploads of the SCAFFOLD
   family, nor MoDeST's peer transfers).
 
-The server's **deadline** (`round_deadline`, in multiples of the round's
-nominal compute time, i.e. the slowest sampled client without faults): clients
+The server's **deadline** (`round_deadline`, in multiples of the round's nominal
+compute time, i.e. the slowest sampled client without faults): clients
 that have not answered by then are left out of the round. With no deadline (0)
 the server waits for every sampled client that did not announce a dropout: a
-straggler just makes the round slower, and a client that stopped for good
-makes it wait forever — the round *stalls* and no later round completes.
+straggler just makes the round slower, and a client that is silent (left,
+failed) makes it wait forever — the round *stalls* and no later round completes.
 
 `ClientFaults.plan(...)` turns one round's sample into a `RoundPlan`: who
-takes part, who dropped, who was late, who was silent, whether the round
-stalls, and the simulated seconds the server waited. `RoundPlan.extras()` is
-what every federated technique writes into its metrics row (`sampled`,
+takes part, who dropped, who was late, who was silent or failed, whether the
+round stalls, and the simulated seconds the server waited. `RoundPlan.extras()`
+is what every federated technique writes into its metrics row (`sampled`,
 `participants` as comma-separated client ids, `num_participants`,
-`round_completed`); `participants_of(row)` parses them back.
+`num_failed`, `round_completed`); `participants_of(row)` parses them back.
 """
 from __future__ import annotations
 
@@ -47,7 +56,8 @@ class RoundPlan:
     participants: list[int]  # clients whose upload the server uses, ascending
     dropped: list[int] = field(default_factory=list)  # announced dropouts
     late: list[int] = field(default_factory=list)  # stragglers that missed the deadline
-    silent: list[int] = field(default_factory=list)  # stopped for good: never answer
+    silent: list[int] = field(default_factory=list)  # gone (left, not back yet): never answer
+    failed: list[int] = field(default_factory=list)  # crashed during this round, before sending
     stalled: bool = False  # the server waits forever for a silent client (no deadline)
     seconds: float = 0.0  # simulated compute time of the round as the server waits for it
 
@@ -59,7 +69,7 @@ class RoundPlan:
     def extras(self) -> dict:
         return {"sampled": ids(self.sampled), "participants": ids(self.participants if not self.stalled else []),
                 "num_participants": len(self.participants) if not self.stalled else 0,
-                "round_completed": self.completed}
+                "num_failed": len(self.failed), "round_completed": self.completed}
 
 
 def ids(clients) -> str:
@@ -77,65 +87,105 @@ class ClientFaults:
 
     def __init__(self, *, num_clients: int, seed: int = 0, dropout_prob: float = 0.0, straggler_prob: float = 0.0,
                  straggler_slowdown: float = 4.0, deadline: float = 0.0, num_stop: int = 0, stop_round: int = 0,
+                 return_round: int = 0, num_join: int = 0, join_round: int = 1, fail_prob: float = 0.0,
                  num_byzantine: int = 0, byzantine_scale: float = 1.0):
         if not 0 <= num_stop <= num_clients:
             raise ValueError(f"clients_stop={num_stop!r} is invalid: expected 0..{num_clients}")
+        if not 0 <= num_join <= num_clients - num_stop - 1 and num_join:
+            raise ValueError(f"clients_join={num_join!r} is invalid: expected 0..{num_clients - num_stop - 1} "
+                             f"(someone other than the {num_stop} leaving clients is there from the start)")
+        if return_round and return_round <= stop_round:
+            raise ValueError(f"return_round={return_round!r} is invalid: expected 0 (never) or a round after "
+                             f"stop_round={stop_round}")
+        if not 0 <= fail_prob < 1:
+            raise ValueError(f"fail_prob={fail_prob!r} is invalid: expected a number in [0, 1)")
         if not 0 <= num_byzantine < max(num_clients, 1) and num_byzantine:
             raise ValueError(f"byzantine_clients={num_byzantine!r} is invalid: expected 0..{num_clients - 1}")
         self.num_clients, self.seed = num_clients, seed
         self.dropout_prob, self.straggler_prob, self.straggler_slowdown = dropout_prob, straggler_prob, straggler_slowdown
-        self.deadline, self.stop_round, self.byzantine_scale = deadline, stop_round, byzantine_scale
+        self.deadline, self.stop_round, self.return_round = deadline, stop_round, return_round
+        self.join_round, self.fail_prob, self.byzantine_scale = join_round, fail_prob, byzantine_scale
         g = torch.Generator().manual_seed(seed * 7_919 + 424_242)
         self.stopping = set(torch.randperm(num_clients, generator=g)[:num_stop].tolist())
         self.byzantine = set(torch.randperm(num_clients, generator=g)[:num_byzantine].tolist())
+        others = [c for c in torch.randperm(num_clients, generator=torch.Generator().manual_seed(seed * 7_919 + 99))
+                  .tolist() if c not in self.stopping]
+        self.joining = set(others[:num_join])
 
     @classmethod
     def from_config(cls, c, num_clients: int | None = None) -> ClientFaults:
         return cls(num_clients=c.num_workers if num_clients is None else num_clients, seed=c.seed,
                    dropout_prob=c.dropout_prob, straggler_prob=c.straggler_prob,
                    straggler_slowdown=c.straggler_slowdown, deadline=c.round_deadline, num_stop=c.clients_stop,
-                   stop_round=c.stop_round, num_byzantine=c.byzantine_clients, byzantine_scale=c.byzantine_scale)
+                   stop_round=c.stop_round, return_round=c.return_round, num_join=c.clients_join,
+                   join_round=c.join_round, fail_prob=c.fail_prob, num_byzantine=c.byzantine_clients,
+                   byzantine_scale=c.byzantine_scale)
+
+    # ---- who is there --------------------------------------------------------------------------------
+    def joined(self, client: int, round_index: int) -> bool:
+        """Whether `client` has joined the federation by round `round_index` (late joiners from join_round)."""
+        return client not in self.joining or round_index >= self.join_round
 
     def alive(self, client: int, round_index: int) -> bool:
-        """Whether `client` still answers in round `round_index`."""
-        return client not in self.stopping or round_index < self.stop_round
+        """Whether `client` answers in round `round_index`: it has joined and is not away (left, not back)."""
+        away = (client in self.stopping and round_index >= self.stop_round
+                and not (self.return_round and round_index >= self.return_round))
+        return self.joined(client, round_index) and not away
 
+    def members(self, round_index: int) -> list[int]:
+        """The clients a server knows in round `round_index` (those that have joined; it cannot know who left)."""
+        return [c for c in range(self.num_clients) if self.joined(c, round_index)]
+
+    # ---- per-round draws -----------------------------------------------------------------------------
     def draws(self, round_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(dropped (N,) bool, straggling (N,) bool) for one round, the same on every process."""
         g = torch.Generator().manual_seed(self.seed * 1_000_033 + round_index * 31 + 17)
         u = torch.rand(2, self.num_clients, generator=g, dtype=torch.float64)
         return u[0] < self.dropout_prob, u[1] < self.straggler_prob
 
+    def fails(self, round_index: int) -> torch.Tensor:
+        """(N,) bool: which clients crash during round `round_index` (before sending), the same everywhere."""
+        if not self.fail_prob:
+            return torch.zeros(self.num_clients, dtype=torch.bool)
+        g = torch.Generator().manual_seed(self.seed * 1_000_037 + round_index * 53 + 29)
+        return torch.rand(self.num_clients, generator=g, dtype=torch.float64) < self.fail_prob
+
     def finish_times(self, sampled: list[int], *, round_index: int, steps: dict[int, int],
-                     step_seconds: float) -> tuple[dict[int, float], list[int], float]:
-        """When each sampled client's upload arrives: ({client: seconds (inf if silent)}, announced dropouts,
-        the deadline in seconds (inf without one)). `steps[c]` is client c's local steps."""
+                     step_seconds: float) -> tuple[dict[int, float], list[int], list[int], float]:
+        """When each sampled client's upload arrives: ({client: seconds (inf if it never does)}, announced
+        dropouts, clients that failed during the round, the deadline in seconds (inf without one)).
+        `steps[c]` is client c's local steps."""
         dropped_draw, straggling = self.draws(round_index)
+        failing = self.fails(round_index)
         nominal = max((steps[c] * step_seconds for c in sampled), default=0.0)
         deadline_s = self.deadline * nominal if self.deadline else math.inf
-        finish, dropped = {}, []
+        finish, dropped, failed = {}, [], []
         for c in sampled:
             if not self.alive(c, round_index):
                 finish[c] = math.inf
             elif dropped_draw[c]:
                 dropped.append(c)
+            elif failing[c]:
+                failed.append(c)
+                finish[c] = math.inf
             else:
                 finish[c] = steps[c] * step_seconds * (self.straggler_slowdown if straggling[c] else 1.0)
-        return finish, dropped, deadline_s
+        return finish, dropped, failed, deadline_s
 
     def plan(self, sampled: list[int], *, round_index: int, steps: dict[int, int], step_seconds: float) -> RoundPlan:
         """Who of `sampled` takes part in round `round_index` when the server waits for all of them (or
         the deadline)."""
-        finish, dropped, deadline_s = self.finish_times(sampled, round_index=round_index, steps=steps,
-                                                        step_seconds=step_seconds)
-        plan = RoundPlan(round_index, list(sampled), [], dropped=dropped)
+        finish, dropped, failed, deadline_s = self.finish_times(sampled, round_index=round_index, steps=steps,
+                                                                step_seconds=step_seconds)
+        plan = RoundPlan(round_index, list(sampled), [], dropped=dropped, failed=failed)
         for c, t in finish.items():
             if t == math.inf:
-                plan.silent.append(c)
+                if c not in failed:
+                    plan.silent.append(c)
             else:
                 (plan.participants if t <= deadline_s else plan.late).append(c)
-        plan.stalled = bool(plan.silent) and not self.deadline
-        waited_for_deadline = bool(plan.late or plan.silent)
+        plan.stalled = bool(plan.silent or plan.failed) and not self.deadline
+        waited_for_deadline = bool(plan.late or plan.silent or plan.failed)
         plan.seconds = deadline_s if waited_for_deadline and self.deadline else max(
             (finish[c] for c in plan.participants), default=0.0)
         return plan

@@ -34,13 +34,15 @@ import torch
 
 from lab.compress import make_channel
 from lab.sync.faults import RoundPlan
-from lab.sync.federated import Federated, LocalTraining, sample_clients
+from lab.sync.federated import BYZANTINE, LOCAL_SGD, Federated, LocalTraining, sample_clients
 from lab.technique import RoundResult, TrainContext
 
 __all__ = ["FedAvg", "sample_clients"]
 
 
 class FedAvg(Federated):
+    reads = LOCAL_SGD
+    knobs = BYZANTINE
     name = "fedavg"
     label = "FedAvg"
     compressor_path = "uplink"
@@ -59,7 +61,7 @@ class FedAvg(Federated):
         self.aggregate(ctx, out, plan.participants)
         extras = {"clients": len(plan.sampled)}
         if not self.channel.dense:
-            extras["measured_ratio"] = self.channel.measured_ratio  # the compressed uplink's bytes / dense
+            extras.update(self.channel.columns())  # the compressed uplink's payload and traffic ratios
         return RoundResult(self.mean_loss(ctx, out, plan.participants), extras)
 
     def aggregate(self, ctx: TrainContext, out: LocalTraining, clients: list[int]) -> None:

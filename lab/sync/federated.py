@@ -31,11 +31,14 @@ from lab.sync.faults import ClientFaults, RoundPlan
 from lab.technique import RoundResult, Technique, TrainContext
 
 
-def sample_clients(num_clients: int, fraction: float, *, seed: int, round_index: int) -> list[int]:
-    """S = max(1, round(C·N)) clients without replacement, from a generator seeded by (seed, round)."""
-    s = max(1, round(fraction * num_clients))
+def sample_clients(num_clients: int, fraction: float, *, seed: int, round_index: int,
+                   population: list[int] | None = None) -> list[int]:
+    """S = max(1, round(C·M)) of the M clients in `population` (default: all N) without replacement, from a
+    generator seeded by (seed, round)."""
+    pool = set(range(num_clients) if population is None else population)
+    s = max(1, round(fraction * len(pool)))
     g = torch.Generator().manual_seed(seed * 100_003 + round_index)
-    return sorted(torch.randperm(num_clients, generator=g)[:s].tolist())
+    return sorted([c for c in torch.randperm(num_clients, generator=g).tolist() if c in pool][:s])
 
 
 @dataclass
@@ -47,20 +50,39 @@ class LocalTraining:
     grad_mean: torch.Tensor  # (S_local, d) mean raw gradient (with weight decay) over each client's steps
 
 
+#: sign-flipping clients (lab.sync.faults): declared by the techniques whose uploads go through
+#: `ClientFaults.flip` (or flip their own messages), in their `knobs`
+BYZANTINE_CLIENTS = {
+    "byzantine_clients": Knob(0, "clients that upload sign-flipped updates (chosen by the seed)", low=0, high=100_000),
+}
+BYZANTINE = {
+    **BYZANTINE_CLIENTS,
+    "byzantine_scale": Knob(1.0, "a sign-flipping client sends x - scale * (y - x)", low=0.0, low_open=True, high=1e6,
+                            read_when=lambda c: c.byzantine_clients > 0, why="only byzantine_clients > 0 reads it",
+                            probe_with={"byzantine_clients": 1}),
+}
+#: what `Federated.local_sgd` reads: a subclass that trains its clients with it lists these in its `reads`
+LOCAL_SGD = ("momentum", "weight_decay")
+
+
 class Federated(Technique):
     federated = True
-    reads = ("momentum", "weight_decay")
     knobs = {
         "client_fraction": Knob(1.0, "fraction of clients sampled per round", low=0.0, low_open=True, high=1.0),
-        "local_epochs": Knob(1, "local epochs per round (fedavg)", low=1, high=10_000, read_when=lambda c: c.local_steps == 0, why="local_steps > 0 sets the local steps instead"),
+        "local_epochs": Knob(1, "local epochs per round (fedavg)", low=1, high=10_000, read_when=lambda c: c.local_steps == 0, why="local_steps > 0 sets the local steps instead", probe_with={"local_steps": 0}),
         "local_steps": Knob(0, "local steps per round (0 = local_epochs x ceil(n_i / B))", low=0, high=10**6),
         "dropout_prob": Knob(0.0, "probability a sampled client drops out of a round", low=0.0, high=1.0, high_open=True),
         "straggler_prob": Knob(0.0, "probability a sampled client is a straggler", low=0.0, high=1.0, high_open=True),
-        "round_deadline": Knob(0.0, "the server's deadline in multiples of the round's nominal compute time (0 = wait for every client)", low=1.0, high=1e6, special=(0.0,)),
+        "round_deadline": Knob(0.0, "the server's deadline in multiples of the round's nominal compute time (0 = wait for every client)", low=1.0, high=1e6, special=(0.0,), probe_with={"straggler_prob": 0.5}),
         "clients_stop": Knob(0, "clients that stop responding for good (chosen by the seed)", low=0, high=100_000),
-        "stop_round": Knob(0, "the round from which those clients stop", low=0, high=10**6, read_when=lambda c: c.clients_stop > 0, why="only clients_stop > 0 reads it"),
-        "byzantine_clients": Knob(0, "clients that upload sign-flipped updates (chosen by the seed)", low=0, high=100_000),
-        "byzantine_scale": Knob(1.0, "a sign-flipping client sends x - scale * (y - x)", low=0.0, low_open=True, high=1e6, read_when=lambda c: c.byzantine_clients > 0, why="only byzantine_clients > 0 reads it"),
+        "stop_round": Knob(0, "the round from which those clients stop", low=0, high=10**6, read_when=lambda c: c.clients_stop > 0, why="only clients_stop > 0 reads it", probe_with={"clients_stop": 1}),
+        # ---- faults during a round, leaves and joins (lab.sync.faults) ----
+        "fail_prob": Knob(0.0, "probability a picked client crashes during the round, before sending (silent; back next round)", low=0.0, high=1.0, high_open=True),
+        "return_round": Knob(0, "the round from which the stopped clients come back (0 = never)", low=0, high=10**6, read_when=lambda c: c.clients_stop > 0, why="only clients_stop > 0 reads it",
+                             probe=1, probe_with={"clients_stop": 1, "stop_round": 0, "round_deadline": 2.0, "rounds": 3}),
+        "clients_join": Knob(0, "clients that join late, at join_round (chosen by the seed; not among those that stop)", low=0, high=100_000),
+        "join_round": Knob(1, "the round from which the late clients are there (1: they miss the first round)", low=1, high=10**6, read_when=lambda c: c.clients_join > 0, why="only clients_join > 0 reads it",
+                           probe_with={"clients_join": 1, "rounds": 4}),
     }
     budget = "rounds"
 
@@ -68,6 +90,11 @@ class Federated(Technique):
     def check(cls, c) -> None:
         if c.clients_stop > c.num_workers:
             bad("clients_stop", c.clients_stop, f"at most num_workers={c.num_workers}")
+        if c.return_round and c.return_round <= c.stop_round:
+            bad("return_round", c.return_round, f"0 (never) or a round after stop_round={c.stop_round}")
+        if c.clients_join and c.clients_join >= c.num_workers - c.clients_stop:
+            bad("clients_join", c.clients_join, f"fewer than num_workers - clients_stop = "
+                f"{c.num_workers - c.clients_stop} (someone else is there from the start)")
         if c.byzantine_clients and c.byzantine_clients >= c.num_workers:
             bad("byzantine_clients", c.byzantine_clients, f"fewer than num_workers={c.num_workers}")
         if c.compressor == "powersgd" and cls.compressor_path == "uplink":
@@ -114,7 +141,7 @@ class Federated(Technique):
         c = self.config
         if sampled is None:
             sampled = sample_clients(ctx.collective.world_size, c.client_fraction, seed=c.seed,
-                                     round_index=ctx.rounds)
+                                     round_index=ctx.rounds, population=self.faults.members(ctx.rounds))
         ctx.ledger.step = ctx.step
         return self.faults.plan(sampled, round_index=ctx.rounds, steps={r: self.local_steps(r) for r in sampled},
                                 step_seconds=ctx.step_compute_seconds)
@@ -142,9 +169,11 @@ class Federated(Technique):
         if mine:
             buf = torch.zeros_like(y)
             for t in range(int(steps.max())):
+                ctx.check_stop()
                 active = (steps > t).float().unsqueeze(1)  # clients that still have steps to run
                 xb, yb = ctx.batches.next(mine)
                 losses, g = ctx.cluster.loss_and_grad(y, xb, yb)
+                ctx.guard("loss", losses)
                 if c.weight_decay:
                     g = g + c.weight_decay * y
                 grad_sum += active * g

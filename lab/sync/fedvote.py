@@ -35,7 +35,7 @@ from lab.knobs import Knob
 from lab.comm.packet import Packet
 from lab.compress.packing import pack_bits, unpack_bits
 from lab.sync.faults import RoundPlan
-from lab.sync.federated import Federated
+from lab.sync.federated import BYZANTINE_CLIENTS, Federated
 from lab.technique import RoundResult, TrainContext
 
 CLIP = 1 - 1e-4
@@ -49,6 +49,7 @@ class FedVote(Federated):
     name = "fedvote"
     label = "FedVote"
     knobs = {
+        **BYZANTINE_CLIENTS,  # a flipper sends the negated vote (no scale)
         "fedvote_k": Knob(1.5, "weights are tanh(k * latent)", low=0.0, low_open=True, high=1e3),
         "fedvote_levels": Knob("binary", "what clients upload per weight", choices=("binary", "ternary")),
     }

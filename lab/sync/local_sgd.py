@@ -15,32 +15,38 @@ With a compressor (`compressor`, `compression_ratio`, `error_feedback`), what is
 sent is the pseudo-gradient Δ_m = x_anchor − x_m (the change since the last
 sync), through the periodic base's compressed channel; every rank then sets
 x = x_anchor − mean_m decode(Δ_m), the new anchor. Uncompressed, this equals
-parameter averaging; the metrics column `measured_ratio` is the message's
-encoded over dense bytes.
+parameter averaging; the metrics columns `payload_ratio` and `traffic_ratio`
+are the exchange's (`lab.compress.channel`).
+
+With `sharding_degree` S > 1 (`lab.sync.sharded`) each replica of S ranks takes its H steps as sharded steps
+(ZeRO stage `zero_stage`) and each rank averages only its shard (d/S values) with its counterparts in the
+other replicas; the anchor is each rank's shard of the model at the last sync.
 """
 from __future__ import annotations
 
 from lab.sync.periodic import PeriodicSync
+from lab.sync.sharded import Sharded
 from lab.technique import TrainContext
 
 
-class LocalSGD(PeriodicSync):
+class LocalSGD(Sharded, PeriodicSync):
     name = "local_sgd"
     label = "Local SGD"
     compressor_path = "pseudo_gradient"
+    sync_state = ("anchor",)
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
-        self.anchor = ctx.cluster.params.detach()[0].clone()  # (d,) the model at the last sync
+        self.anchor = self.consensus(ctx)  # (d,) the model at the last sync (sharded: each rank's shard, (n, c))
 
     def sync(self, ctx: TrainContext) -> dict:
-        params = ctx.cluster.params.detach()  # (n, d)
+        params = self.rows(ctx)  # (n, d), or each rank's shard (n, c)
         if not self.compressing:
-            ctx.cluster.set_rows(self.average(ctx, params, tag="params"))
+            self.set_rows(ctx, self.average(ctx, params, tag="params"))
             return {}
         delta = self.anchor - params  # (n, d) pseudo-gradients
         self.anchor = self.anchor - self.average(ctx, delta, tag="pseudo_grad", reference=self.anchor)
-        ctx.cluster.set_rows(self.anchor)
+        self.set_rows(ctx, self.anchor)
         return self.compression_columns()
 
     def state_dict(self) -> dict:

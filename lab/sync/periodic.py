@@ -10,7 +10,9 @@ technique's one exchange. A subclass overrides only what is its own:
   `sync_period` H, the last round cut to the steps left (QSR grows H as the
   learning rate decays);
 - `sync_first = True` for merge-then-train techniques (the exchange opens the
-  round instead of closing it).
+  round instead of closing it);
+- `observe(ctx) -> dict`: metrics columns taken at the end of the round (an
+  observer's view, e.g. every agent's accuracy after its local steps).
 
 Techniques on this base: Local SGD and QSR (parameter averaging, or compressed
 pseudo-gradients), DiLoCo and Streaming DiLoCo (an outer optimizer step on the
@@ -24,7 +26,7 @@ built by `lab.compress.make_channel` from `compressor`, `compression_ratio`,
 channel chooses, and the Ledger counts its real traffic), and `average(ctx,
 rows, tag=...)`, the mean over ranks — a plain fp32 all-reduce without a
 compressor, the channel's compressed all-reduce with one. The metrics column
-`measured_ratio` is then the last message's encoded over dense bytes.
+`payload_ratio` and `traffic_ratio` (`Channel.columns()`) are then the last exchange's.
 
 Knob: `sync_period` H (the local optimizer's knobs too: `optimizer`, `lr`, ...).
 """
@@ -40,6 +42,7 @@ from lab.technique import LOCAL_OPTIMIZER, RoundResult, Technique, TrainContext
 class PeriodicSync(Technique):
     reads = LOCAL_OPTIMIZER
     label_knobs = ("sync_period",)
+    contract_settings = {"sync_period": 4}  # two syncs in the contract tests' 8 steps
     knobs = {
         "sync_period": Knob(16, "local steps between syncs H (QSR: its smallest H)", low=1, high=10**6),
     }
@@ -66,6 +69,10 @@ class PeriodicSync(Technique):
         """The round's exchange; returns metrics columns."""
         raise NotImplementedError
 
+    def observe(self, ctx: TrainContext) -> dict:
+        """Metrics columns at the end of the round (nothing sent); none by default."""
+        return {}
+
     # ---- the shared round -----------------------------------------------------------------------
     def local_steps(self, ctx: TrainContext, h: int) -> torch.Tensor:
         """h optimizer steps on every local rank; their losses (h, n)."""
@@ -78,6 +85,7 @@ class PeriodicSync(Technique):
         losses = self.local_steps(ctx, h)  # (h, n)
         if not self.sync_first:
             extras.update(self.sync(ctx))
+        extras.update(self.observe(ctx))
         return RoundResult(ctx.collective.mean_metric(losses.mean(0)), extras)
 
     # ---- the exchange -----------------------------------------------------------------------------
@@ -87,20 +95,21 @@ class PeriodicSync(Technique):
         return self.channel is not None and not self.channel.dense
 
     def average(self, ctx: TrainContext, rows: torch.Tensor, *, tag: str, reference: torch.Tensor | None = None,
-                channel=None) -> torch.Tensor:
+                channel=None, segments=None) -> torch.Tensor:
         """The mean of `rows` (n, d) over all ranks (d,): an fp32 all-reduce, or the compressed all-reduce of
         `channel` (default `self.channel`; with its error feedback). `reference` (d,): the model every rank
-        holds, for compressors that decode through it (3SFC)."""
+        holds, for compressors that decode through it (3SFC); `segments`: the parameter-tensor lengths of a
+        part of the model (per-layer compression; the whole model's by default)."""
         channel = self.channel if channel is None else channel
         if channel is None or channel.dense:
             return ctx.collective.all_reduce(rows, op="mean", tag=tag)[0]
         if reference is not None:
             channel.set_reference(reference)
-        return channel.all_reduce_mean(rows, ctx.collective, tag=tag)[0]
+        return channel.all_reduce_mean(rows, ctx.collective, tag=tag, segments=segments)[0]
 
     def compression_columns(self) -> dict:
         """The metrics columns of the last compressed exchange (none without a compressor)."""
-        return {"measured_ratio": self.channel.measured_ratio} if self.compressing else {}
+        return self.channel.columns() if self.compressing else {}
 
     def state_dict(self) -> dict:
         return {"channel": self.channel.state_dict()} if self.channel is not None else {}

@@ -39,14 +39,17 @@ import torch
 
 from lab.knobs import Knob
 from lab.sync.faults import RoundPlan
-from lab.sync.federated import Federated
+from lab.sync.federated import BYZANTINE, LOCAL_SGD, Federated
 from lab.technique import RoundResult, TrainContext
 
 
 class PGFed(Federated):
+    contract_settings = {"rounds": 3}  # the auxiliary risks a_i first act in the third round
+    reads = LOCAL_SGD
     name = "pgfed"
     label = "PGFed"
     knobs = {
+        **BYZANTINE,
         "pgfed_mu": Knob(0.1, "weight mu of the other clients' approximated risks", low=0.0, high=1e3),
         "pgfed_lambda": Knob(0.01, "step size of the per-client weights a_ij", low=0.0, high=1e3),
         "pgfed_beta": Knob(0.0, "momentum on the auxiliary gradient (0 = PGFed, 0.5 = PGFedMo)", low=0.0, high=1.0, high_open=True),
@@ -112,7 +115,7 @@ class PGFed(Federated):
                                                 ctx.batches.y[shard].unsqueeze(0))  # one full pass over its data
             up[row] = torch.cat([g[0], (loss[0] - g[0] @ theta).reshape(1), a[i]])
         uploads = self.faults.flip(ctx.cluster.params.detach(), self.global_row, ctx.cluster.ranks)  # (n, d)
-        weights = torch.zeros(n)
+        weights = torch.zeros(n, dtype=torch.float64)  # the server sums in float64 (as FedAvg)
         weights[p] = self.sizes[p] / self.sizes[p].sum()
         self.global_row = ctx.collective.server_reduce(uploads, weights=weights, ranks=p, tag="model").clone()
         got = ctx.collective.server_gather(up, ranks=p, tag="aux")[0]  # (N, d + 1 + N) as the server holds it

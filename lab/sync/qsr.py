@@ -50,7 +50,8 @@ class QSR(LocalSGD):
     reads = ("lr_schedule", "warmup_steps")
     label_knobs = ("qsr_alpha",)
     knobs = {
-        "qsr_alpha": Knob(0.2, "H = max(sync_period, floor((qsr_alpha / lr)^2)) after each sync", low=0.0, high=1e3),
+        "qsr_alpha": Knob(0.2, "H = max(sync_period, floor((qsr_alpha / lr)^2)) after each sync", low=0.0, high=1e3,
+                          probe=2.0),  # (2 / 0.5)^2 = 16: one sync in the contract tests' 8 steps instead of two
     }
 
     def period(self, ctx: TrainContext) -> tuple[int, dict]:

@@ -33,8 +33,10 @@ float64 problems where SCAFFOLD reaches 1e-15).
 v_i = (1 − β)·v_i + β·(u_i + c_i), δ_i = C(v_i − c_i), then as SCALLION
 (α = 1 by default). β = 1 is an EF21-style tracker of the local gradient.
 
-The compressor is `lab.compress.make_compressor(compressor, ratio=compression_ratio)`;
-its packets are counted as sent (values, indices or seeds). Every client runs
+The compressor is `lab.compress.make_compressor(compressor, ratio=compression_ratio,
+scope=compress_scope)`, sent through a `lab.compress.Channel` without error feedback
+(the uplink: a star push; metrics `payload_ratio`, `traffic_ratio`); its packets
+are counted as sent (values, indices or seeds). Every client runs
 the same K local steps (`local_steps`, or `local_epochs`·⌈mean n_i / B⌉): the
 single-vector form rebuilds Δy_i from δ_i with one K. Knobs: `client_fraction`,
 `local_steps`, `lr` (η), `momentum`, `server_lr` (η_g), `compressor`,
@@ -48,13 +50,14 @@ import math
 import torch
 
 from lab.knobs import Knob, bad
-from lab.compress import make_compressor
+from lab.compress import Channel, NoFeedback, make_compressor
 from lab.sync.faults import RoundPlan
-from lab.sync.federated import Federated, LocalTraining
+from lab.sync.federated import LOCAL_SGD, Federated, LocalTraining
 from lab.technique import RoundResult, TrainContext
 
 
 class Scaffold(Federated):
+    reads = LOCAL_SGD
     name = "scaffold"
     label = "SCAFFOLD"
     knobs = {
@@ -120,11 +123,9 @@ class Scallion(Scaffold):
     @classmethod
     def check(cls, c) -> None:
         super().check(c)
-        from lab.compress import make_compressor
+        from lab.compress.registry import spec
 
-        comp = make_compressor(c.compressor, ratio=c.compression_ratio, seed=c.seed, dim=1, shapes=[(1,)]) \
-            if c.compressor not in ("powersgd", "fedzip", "3sfc") else None
-        if cls.needs_unbiased and (comp is None or not comp.unbiased):
+        if cls.needs_unbiased and not spec(c.compressor).unbiased:
             bad("compressor", c.compressor, f"an unbiased compressor for technique={cls.name!r} (e.g. 'none', "
                 "'randk', 'qsgd'); use technique='scafcom' for biased ones")
 
@@ -132,7 +133,8 @@ class Scallion(Scaffold):
         super().setup(ctx)
         c = self.config
         self.compressor = make_compressor(c.compressor, ratio=c.compression_ratio, shapes=ctx.cluster.shapes,
-                                          seed=c.seed)
+                                          seed=c.seed, scope=c.compress_scope)
+        self.channel = Channel(self.compressor, NoFeedback(self.compressor))  # the uplink: a star push
         if self.needs_unbiased and not self.compressor.unbiased:
             raise ValueError(f"compressor={c.compressor!r} is invalid for technique='{self.name}': it needs an "
                              "unbiased compressor (e.g. 'none', 'randk', 'qsgd'); use technique='scafcom' for "
@@ -147,7 +149,6 @@ class Scallion(Scaffold):
                              "unknown, so set cv_alpha (e.g. 0.25) explicitly")
         else:
             self.alpha = 1.0
-        self.measured_ratio = 1.0
 
     def message(self, u: torch.Tensor, rows: list[int]) -> torch.Tensor:
         """What a participant compresses: SCALLION sends u_i (S, d)."""
@@ -161,14 +162,13 @@ class Scallion(Scaffold):
         mean_w = torch.zeros(n, dtype=torch.float64)
         mean_w[p] = 1.0 / len(p)
         # (n, d) decoded own rows; (d,) float64: the server's sum stays consistent with the clients' c_i
-        local, mean_delta = self.compressor.server_reduce(msg, ctx.collective, weights=mean_w, ranks=p,
-                                                          tag="control_delta")
-        self.measured_ratio = self.compressor.last_nbytes / (4 * ctx.cluster.dim)
+        mean_delta = self.channel.server_reduce(msg, ctx.collective, weights=mean_w, ranks=p, tag="control_delta")
+        local = self.channel.last_local
         self.c_local[out.rows] += self.alpha * local[out.rows]
         k = self.local_steps(p[0])
         self.global_row = (self.global_row - c.server_lr * k * c.lr * (self.c + mean_delta)).to(self.c.dtype)
         self.c = (self.c + (self.alpha * len(p) / n) * mean_delta).to(self.c.dtype)
-        return RoundResult(self.mean_loss(ctx, out, p), {"measured_ratio": self.measured_ratio})
+        return RoundResult(self.mean_loss(ctx, out, p), self.channel.columns())
 
 
 class Scafcom(Scallion):

@@ -47,8 +47,8 @@ makespan) counts only the part not hidden behind compute. The metrics column
 `comm_hidden_seconds` is that hidden part, Σ min(sync time, compute while in
 flight). (Without a clock — a context built by hand — the same amount goes to
 `TrainContext.comm_hidden_seconds`, which `sim_seconds` subtracts.) Other
-metrics: `fragment` (sent at the end of the round), `measured_ratio` (the last
-message's bytes over its dense fp32 bytes).
+metrics: `fragment` (sent at the end of the round), `payload_ratio` and
+`traffic_ratio` of the last fragment's exchange (`lab.compress.channel`).
 
 Sent: per H steps every worker sends each fragment once — the same total as
 DiLoCo at 32 bits, one fragment in any single sync. Knobs: `sync_period` (H),
@@ -58,7 +58,7 @@ compressor's, and the inner optimizer's.
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -113,7 +113,15 @@ def fragment_indices(names: list[str], numels: list[int], num_fragments: int, pa
     return out
 
 
-@lru_cache(maxsize=None)
+def fragment_segments(frag: torch.Tensor, numels: list[int]) -> tuple[int, ...]:
+    """The lengths of the parameter tensors' runs inside a fragment (ascending positions), in order: its
+    layout for per-layer compression (whole tensors when strided; a contiguous slice may cut two)."""
+    offsets = torch.tensor([0] + numels).cumsum(0)  # (T + 1,)
+    tensor_of = torch.searchsorted(offsets, frag, right=True) - 1  # (d_p,) which tensor each position is in
+    return tuple(torch.unique_consecutive(tensor_of, return_counts=True)[1].tolist())
+
+
+@cache
 def model_layer_count(model: str) -> int | None:
     """How many layers (`layer_groups`) a lab model has, from its module built on the meta device
     (nothing allocated); None for a model this table does not know (checked in `setup` then)."""
@@ -136,14 +144,14 @@ class StreamingDiLoCo(DiLoCo):
         "num_fragments": Knob(1, "fragments P synced at staggered steps (1 <= P <= sync_period)", low=1, high=10_000),
         "fragment_pattern": Knob("strided", "which parameters a fragment holds: 'strided' layers p, p+P, ... (the "
                                  "paper's) or 'contiguous' equal slices of the flat row",
-                                 choices=("strided", "contiguous"), read_when=lambda c: c.num_fragments > 1,
+                                 choices=("strided", "contiguous"), read_when=lambda c: c.num_fragments > 1, probe_with={"num_fragments": 2},
                                  why="only num_fragments > 1 reads it"),
         "overlap_steps": Knob(0, "inner steps tau a fragment's sync overlaps (< sync_period / P)", low=0, high=10**6),
         "merge_alpha": Knob(0.5, "weight of the local fragment when merging the new global one", low=0.0, high=1.0),
         "outer_bits": Knob(32, "bits per outer-gradient value on the wire", choices=(32, 16, 8, 4)),
         "outer_format": Knob("e3m0", "the 4-bit format: 'e3m0' float (the paper's) or 'int4' blocks",
                              choices=tuple(FORMATS), read_when=lambda c: c.outer_bits == 4,
-                             why="only outer_bits=4 reads it"),
+                             why="only outer_bits=4 reads it", probe_with={"outer_bits": 4}),
     }
 
     @classmethod
@@ -179,10 +187,11 @@ class StreamingDiLoCo(DiLoCo):
         super().setup(ctx)  # DiLoCo's global copy and momentum, the channel of fragment 0
         c, cl = self.config, ctx.cluster
         self.fragments = fragment_indices(cl.names, cl.numels, c.num_fragments, c.fragment_pattern)
+        self.segments = [fragment_segments(f, list(cl.numels)) for f in self.fragments]
         self.channels = [self.channel] + [make_channel(self.channel_config(), ctx) for _ in self.fragments[1:]]
         self.offsets = [int(c.sync_period / c.num_fragments * (p + 1)) for p in range(c.num_fragments)]
         self.in_flight: dict[int, tuple[torch.Tensor, int, float]] = {}  # p -> (mean Δ (d_p,), sent at, seconds)
-        self.measured_ratio = 1.0
+        self.ratios = {"payload_ratio": 1.0, "traffic_ratio": 1.0}  # of the last fragment sent
         self.hidden_seconds = 0.0  # communication hidden behind compute so far
 
     def due(self, t: int, lag: int = 0) -> list[int]:
@@ -210,8 +219,9 @@ class StreamingDiLoCo(DiLoCo):
         """The mean outer gradient of fragment p over all workers (d_p,), through fragment p's channel."""
         channel = self.channels[p]
         reference = self.global_row if len(self.fragments) == 1 else None  # 3SFC decodes through the whole model
-        mean = self.average(ctx, delta, tag=f"fragment{p}", reference=reference, channel=channel)
-        self.measured_ratio = 1.0 if channel.dense else channel.measured_ratio
+        mean = self.average(ctx, delta, tag=f"fragment{p}", reference=reference, channel=channel,
+                            segments=self.segments[p])
+        self.ratios = {"payload_ratio": 1.0, "traffic_ratio": 1.0} if channel.dense else channel.columns()
         return mean
 
     def apply(self, ctx: TrainContext, p: int) -> None:
@@ -251,7 +261,7 @@ class StreamingDiLoCo(DiLoCo):
                 self.apply(ctx, p)
         return RoundResult(ctx.collective.mean_metric(torch.stack(losses).mean(0)),
                            {"fragment": sent[0] if sent else -1, "comm_hidden_seconds": self.hidden_seconds,
-                            "measured_ratio": self.measured_ratio})
+                            **self.ratios})
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "channels": [ch.state_dict() for ch in self.channels],

@@ -13,8 +13,9 @@ described entirely by (seed, g): that is what these methods send.
 from __future__ import annotations
 
 import torch
-from lab.knobs import Knob
 from torch.func import vmap
+
+from lab.knobs import Knob
 
 #: candidate seeds are drawn below this bound (fits an int32 on any wire)
 SEED_BOUND = 2 ** 31 - 1

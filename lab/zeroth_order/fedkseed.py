@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import torch
 
-from lab.knobs import Knob
 from lab.comm.packet import Packet
+from lab.knobs import Knob
 from lab.sync.faults import RoundPlan
 from lab.sync.federated import Federated, LocalTraining
 from lab.technique import RoundResult, TrainContext
@@ -49,11 +49,13 @@ def seed_probabilities(abs_sum: torch.Tensor, count: torch.Tensor) -> torch.Tens
 
 class FedKSeed(Federated):
     name = "fedkseed"
+    default_lr = 0.02  # zeroth-order steps at 0.5 blow up (loss 9,237 after 2 rounds)
     label = "FedKSeed"
     knobs = {
         **ZO_KNOBS,
         "zo_seeds": Knob(4096, "candidate seeds K", low=1, high=10**7),
-        "zo_seed_sampling": Knob("uniform", "how clients draw seeds (importance = FedKSeed-Pro)", choices=("uniform", "importance")),
+        "zo_seed_sampling": Knob("uniform", "how clients draw seeds (importance = FedKSeed-Pro)",
+                                 choices=("uniform", "importance")),
     }
 
     def setup(self, ctx: TrainContext) -> None:
@@ -124,7 +126,8 @@ class FedKSeed(Federated):
             if "pool" in gathered.tensors:
                 agg += w.double() * gathered.tensors["pool"][r].double()
             else:
-                agg.index_add_(0, gathered.tensors["index"][r].long(), w.double() * gathered.tensors["value"][r].double())
+                agg.index_add_(0, gathered.tensors["index"][r].long(),
+                               w.double() * gathered.tensors["value"][r].double())
         used = agg.nonzero().flatten()
         z = directions(self.seeds[used], d).double()  # (U, d)
         self.global_row = (self.global_row.double() - c.lr * (agg[used].unsqueeze(1) * z).sum(0)).float()

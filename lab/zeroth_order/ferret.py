@@ -1,4 +1,5 @@
-"""Ferret (Shu et al., ICML 2025): first-order local training, the update sent as projections on shared random directions.
+"""Ferret (Shu et al., ICML 2025): first-order local training, the update sent as projections on shared random
+directions.
 
 Spec Part B §B12. A sampled client trains from the global model θ0 with plain
 SGD for its local steps (as FedAvg), Δ = θ0 − θ1, and encodes Δ group by group.
@@ -31,11 +32,11 @@ import statistics
 
 import torch
 
-from lab.knobs import Knob
 from lab.comm.packet import Packet
 from lab.compress.base import pad_ragged
+from lab.knobs import Knob
 from lab.sync.faults import RoundPlan
-from lab.sync.federated import Federated
+from lab.sync.federated import LOCAL_SGD, Federated
 from lab.technique import RoundResult, TrainContext
 from lab.zeroth_order.common import candidate_seeds
 
@@ -62,11 +63,14 @@ def projection(seed: int, d_g: int) -> torch.Tensor:
 
 
 class Ferret(Federated):
+    reads = LOCAL_SGD
     name = "ferret"
     label = "Ferret"
+    contract_settings = {"ferret_seeds": 20}  # a tiny run in about a second
     knobs = {
         "ferret_seeds": Knob(200, "shared seeds K (projection directions per group, at most)", low=1, high=10**6),
-        "ferret_server_lr": Knob(3.0, "server learning rate on the reconstructed update", low=0.0, low_open=True, high=1e3),
+        "ferret_server_lr": Knob(3.0, "server learning rate on the reconstructed update", low=0.0, low_open=True,
+                                 high=1e3),
     }
 
     def setup(self, ctx: TrainContext) -> None:

@@ -1,37 +1,59 @@
-"""FZooS (Shu et al., "Federated Zeroth-Order Optimization using Trajectory-Informed Surrogate Gradients").
+"""FZooS (Shu, Lin, Dai, Low 2023, "Federated Zeroth-Order Optimization using Trajectory-Informed Surrogate
+Gradients", arXiv 2308.04077).
 
-Spec Part B §B13. Federated black-box optimization: a client can only query
-its loss f_i(x) (here: the loss of the model x on one batch of its data, drawn
-once per round). Each client
+Spec Part B §B13; algorithm and constants [CODE] from shuyao95/FZooS
+(optimizers.py `fzoos_opt`, `RFFGP`; settings.py `FedZoo`; run_exp.py), read
+against the paper's abstract. Federated black-box optimization: client i can
+only query its function f_i; the server optimizes F = Σ_i w_i f_i.
 
-- keeps the queries along its own trajectory (starting each round with 5
-  queries within radius 0.01 of the global model) and, each local step, fits a GP
-  (Matérn 5/2) on the 150 stored queries nearest to x, targets min-max
-  normalized; its surrogate gradient is ∇ of the GP posterior mean at x
-  (computed in closed form; the released code takes finite differences of the
-  surrogate);
-- corrects client drift with the global surrogate once one exists:
-  g += (∇F_sur(x) − ∇f_i,sur(x)) / (t + 1);
-- steps x with Adam (`lr`), queries f_i(x), and explores: of
-  `fzoos_candidates` points within radius 0.01 of x, queries the 5 whose
-  surrogate gradient is most uncertain (largest trace of the GP gradient
-  covariance).
+**Input space.** The paper's objectives take x in the unit box [0, 1]^d (its
+synthetic functions map it onto [−10, 10]^d). Here a client's objective is its
+loss over its whole shard (deterministic, like the paper's functions) of the
+model θ(x) = θ0 + 10·(2·clip(x, 0, 1) − 1): the box of half-width 10 around the
+initial model θ0, which sits at its centre x = 0.5 [RECON: the box for a model's
+parameters]. Every surrogate, step and radius below lives in that unit box.
 
-Server: x ← x − η Σ_i w_i (x − x_i) with η = 1 (weights by data size); each
-client then fits a random-Fourier-feature GP — D = `fzoos_features` shared
-features φ(x) = √(2/D) cos(Wx + b), W ~ N(0, I/ℓ²), ℓ = 1, from the config
-seed — on up to 500 of its queries nearest to x_i (min-norm least squares,
-ridge 0), and sends its weights ν_i scaled back by its target range; the
-server averages them into F_sur(x) = φ(x)·ν̄.
+**Client i, round r** (from the server's x; Adam state fresh each round):
 
-What is sent per client per round: uplink x_i and ν_i plus its target range
-(4d + 4D + 8 bytes, independent of the number of queries); downlink x and ν̄
-(4d + 4D). [RECON] choices: the GP lengthscale is the median distance among
-the fitted points and the noise variance 1e-3 (normalized units), where the
-released code fits them; the server's acceptance test on the global objective
-(a simulation shortcut, spec pitfall) and the 50 extra exploration queries of
-the RFF fit are left out. Knobs: `lr`, `local_steps` / `local_epochs`,
-`fzoos_features` D, `fzoos_candidates`, `client_fraction`.
+    query f_i(x)
+    for t = 0..T−1 (T = local steps):
+        fit a GP (Matérn 5/2, isotropic lengthscale by maximum marginal likelihood, noise 1e-6, zero mean)
+            on the 150 stored queries nearest to x, targets min-max normalized
+        g = ∇ of the GP posterior mean at x   (trajectory-informed surrogate gradient, no extra queries)
+        if a global surrogate exists: g += (1/(t+1)) · (∇F̂(x) − ∇f̂_i(x))     (adaptive gradient correction)
+        x ← Adam(x, g) with step `lr` (the paper: 0.01); query f_i(x)
+        if t < T−1: of `fzoos_candidates` points x + 0.01·U[−1, 1]^d, query the 5 whose surrogate gradient
+            is most uncertain
+
+Before the first round each client queries 10 points x0 + 0.01·U[−1, 1]^d.
+
+**Server**: x' = x − η Σ_i w_i (x − x_i) with η = 1; the *acceptance step*
+(`fzoos_accept`): x' is kept only if F(x') < F(x), else x stays. The released
+code evaluates the global F directly (a simulation shortcut); here it is a
+protocol step — each client reports f_i at x (its first query of the round)
+and at x' (one query), the server compares the weighted sums and sends the
+verdict. Then each client queries the accepted x, explores it (of 200 points
+x + ρ_i·U[−1, 1]^d with ρ_i = mean|x − x_i| / 2, queries the 50 most uncertain)
+and fits a random-Fourier-feature GP to the 500 queries nearest to x:
+φ(x) = √(2/D) cos(Wx + b), W ~ N(0, I/ℓ²) with ℓ = 1 in the unit box, b ~ U[0, 2π),
+D = `fzoos_features` (the code: 10,000) shared by all from the config seed;
+weights ν_i = the minimum-norm least-squares fit (ridge 0) to the min-max
+normalized targets. The server's global surrogate is ν̄ = Σ_i w_i ν_i (max_i − min_i);
+∇F̂(x) = ∇φ(x)·ν̄ and ∇f̂_i(x) = ∇φ(x)·ν_i (max_i − min_i).
+
+**What is sent per participating client per round**: down x and ν̄ (4d + 4D),
+up x_i and f_i(x) (4d + 4), down x' (4d); with acceptance up f_i(x') (4) and
+down the verdict (1); up ν_i and its target range (4D + 8). The metrics column
+`queries` counts every function value any client computed, cumulatively.
+
+[RECON]: the lengthscale is fitted by grid search over log ℓ, warm-started
+from the last fit along the trajectory (sklearn: L-BFGS with 20 restarts); the exploration score is the trace of
+the posterior covariance of the gradient under a squared-exponential kernel
+with the fitted lengthscale (the code scores the first coordinate's derivative
+only); a point already queried is not queried again; the box above. Memory:
+W holds D·d float64 values (the code's D = 10,000 on the digits MLP is 385 MB).
+Knobs: `lr`, `local_steps` / `local_epochs`, `fzoos_features`, `fzoos_candidates`,
+`fzoos_accept`, `client_fraction`, the faults.
 """
 from __future__ import annotations
 
@@ -39,15 +61,25 @@ import math
 
 import torch
 
-from lab.knobs import Knob
 from lab.comm.packet import Packet
+from lab.knobs import Knob
 from lab.sync.faults import RoundPlan
 from lab.sync.federated import Federated, LocalTraining
 from lab.technique import RoundResult, TrainContext
-from lab.zeroth_order.common import row_losses
+from lab.zeroth_order.fedzo import count_queries, shard_objective
 
-NEAREST, RFF_POINTS, HISTORY, EXPLORE, RADIUS, NOISE = 150, 500, 600, 5, 0.01, 1e-3
+BOX = 10.0  # half-width of the search box around the initial model (the paper's synthetic [-10, 10]^d)
+INIT_QUERIES, NEAREST, HISTORY = 10, 150, 5_000
+EXPLORE, RADIUS = 5, 0.01
+RFF_POINTS, RFF_CANDIDATES, RFF_EXPLORE, RFF_LENGTHSCALE = 500, 200, 50, 1.0
+NOISE = 1e-6
 ADAM = (0.9, 0.999, 1e-8)
+
+
+# ---- the local surrogate: a GP on the trajectory's queries ---------------------------------------------
+def matern52(r: torch.Tensor, ell: float) -> torch.Tensor:
+    s = math.sqrt(5) * r / ell
+    return (1 + s + s * s / 3) * torch.exp(-s)
 
 
 def matern52_grad_coef(r: torch.Tensor, ell: float) -> torch.Tensor:
@@ -56,51 +88,68 @@ def matern52_grad_coef(r: torch.Tensor, ell: float) -> torch.Tensor:
     return -(5 / (3 * ell ** 2)) * (1 + s) * torch.exp(-s)
 
 
-def matern52(r: torch.Tensor, ell: float) -> torch.Tensor:
-    s = math.sqrt(5) * r / ell
-    return (1 + s + s * s / 3) * torch.exp(-s)
+def log_marginal_likelihood(dist: torch.Tensor, y: torch.Tensor, ell: float) -> float:
+    """log p(y | ℓ) of the zero-mean GP with the Matérn 5/2 kernel and noise NOISE (−inf if not positive)."""
+    k = matern52(dist, ell) + NOISE * torch.eye(len(y), dtype=torch.float64)
+    chol, info = torch.linalg.cholesky_ex(k)
+    if int(info):
+        return -math.inf
+    alpha = torch.cholesky_solve(y.unsqueeze(1), chol)[:, 0]
+    return float(-0.5 * y @ alpha - torch.log(torch.diagonal(chol)).sum() - 0.5 * len(y) * math.log(2 * math.pi))
 
 
-class Surrogate:
-    """A GP (Matérn 5/2) on points X (m, d) with targets y (m,), min-max normalized."""
+def fit_lengthscale(dist: torch.Tensor, y: torch.Tensor, near: float | None = None) -> float:
+    """argmax_ℓ of the marginal likelihood over a grid of log10 ℓ: [−4, 2] by 0.25 then ±0.25 around the best
+    by 0.05; or, warm-started from `near` (the last fit on this trajectory), ±0.5 around it by 0.1."""
+    def best(grid):
+        return max(grid, key=lambda g: log_marginal_likelihood(dist, y, 10 ** g))
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+    if near is None:
+        g = best([-4 + 0.25 * i for i in range(25)])
+        return 10 ** best([g + 0.05 * i for i in range(-5, 6)])
+    return 10 ** best([math.log10(near) + 0.1 * i for i in range(-5, 6)])
+
+
+class GP:
+    """A GP (Matérn 5/2) on points X (m, d) with targets y (m,), min-max normalized, zero prior mean."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, near: float | None = None):
         self.x = x.double()
-        self.lo, self.span = float(y.min()), max(float(y.max() - y.min()), 1e-12)
+        self.lo = float(y.min())
+        self.span = float(y.max() - y.min()) + 1e-20
         yn = (y.double() - self.lo) / self.span
-        self.mean = float(yn.mean())
         dist = torch.cdist(self.x, self.x)
-        off = dist[~torch.eye(len(x), dtype=torch.bool)]
-        self.ell = max(float(off.median()) if len(off) else 1.0, RADIUS)
-        k = matern52(dist, self.ell) + NOISE * torch.eye(len(x), dtype=torch.float64)
-        self.k_inv = torch.linalg.inv(k)
-        self.alpha = self.k_inv @ (yn - self.mean)
+        self.ell = fit_lengthscale(dist, yn, near)
+        k = matern52(dist, self.ell) + NOISE * torch.eye(len(yn), dtype=torch.float64)
+        self.alpha = torch.linalg.solve(k, yn)
 
-    def grad(self, x: torch.Tensor) -> torch.Tensor:
-        """∇ of the posterior mean at x (d,), in the original target units."""
-        diff = x.double() - self.x  # (m, d)
+    def grad(self, u: torch.Tensor) -> torch.Tensor:
+        """∇ of the posterior mean at u (d,), in the targets' units."""
+        diff = u.double() - self.x  # (m, d)
         c = matern52_grad_coef(diff.norm(dim=1), self.ell)  # (m,)
-        return ((self.alpha * c) @ diff * self.span).float()
+        return (self.alpha * c) @ diff * self.span
 
     def grad_uncertainty(self, cands: torch.Tensor) -> torch.Tensor:
-        """tr Cov[∇f(c)] up to a constant, for candidates (C, d) -> (C,) (larger = more uncertain)."""
-        c = cands.double()
-        coef = matern52_grad_coef(torch.cdist(c, self.x), self.ell)  # (C, m)
-        cc = (c * c).sum(1, keepdim=True)  # (C, 1)
-        cx = c @ self.x.T  # (C, m)
-        xx = self.x @ self.x.T  # (m, m)
-        # (c − x_j)·(c − x_l) = cc − cx_j − cx_l + xx_jl
-        dots = cc.unsqueeze(2) - cx.unsqueeze(2) - cx.unsqueeze(1) + xx.unsqueeze(0)  # (C, m, m)
-        quad = torch.einsum("cj,jl,cl,cjl->c", coef, self.k_inv, coef, dots)
-        return -quad
+        """tr Cov[∇f(c) | data] under a squared-exponential kernel with the fitted lengthscale, (C,)."""
+        c, x, ell2 = cands.double(), self.x, self.ell ** 2
+        k = torch.exp(-torch.cdist(x, x) ** 2 / (2 * ell2)) + NOISE * torch.eye(len(x), dtype=torch.float64)
+        k_inv = torch.linalg.inv(k)
+        kc = torch.exp(-torch.cdist(c, x) ** 2 / (2 * ell2))  # (C, m)
+        # Σ_jl K⁻¹_jl k_j k_l (c − x_j)·(c − x_l), expanding the dot product: |c|² − c·x_j − c·x_l + x_j·x_l
+        q = kc @ k_inv  # (C, m)
+        cx = c @ x.T  # (C, m)
+        quad = ((c * c).sum(1) * (q * kc).sum(1) - 2 * (cx * kc * q).sum(1)
+                + ((kc @ (k_inv * (x @ x.T))) * kc).sum(1))
+        return c.shape[1] / ell2 - quad / ell2 ** 2
 
 
+# ---- the shared surrogate: random Fourier features --------------------------------------------------
 class RandomFeatures:
-    """φ(x) = √(2/D) cos(Wx + b) with W ~ N(0, I), b ~ U[0, 2π) from a shared seed (lengthscale 1)."""
+    """φ(x) = √(2/D) cos(Wx + b), W ~ N(0, I/ℓ²), b ~ U[0, 2π), from a shared seed."""
 
-    def __init__(self, num: int, d: int, *, seed: int):
+    def __init__(self, num: int, d: int, *, seed: int, lengthscale: float = RFF_LENGTHSCALE):
         g = torch.Generator().manual_seed(seed * 31 + 5)
-        self.w = torch.randn(num, d, generator=g, dtype=torch.float64)
+        self.w = torch.randn(num, d, generator=g, dtype=torch.float64) / lengthscale
         self.b = 2 * math.pi * torch.rand(num, generator=g, dtype=torch.float64)
         self.scale = math.sqrt(2 / num)
 
@@ -108,111 +157,156 @@ class RandomFeatures:
         return self.scale * torch.cos(x.double() @ self.w.T + self.b)
 
     def fit(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Min-norm weights ν (D,) with φ(x)ν = y, in y's units."""
-        phi = self.features(x)  # (m, D)
-        gram = phi @ phi.T + 1e-9 * torch.eye(len(x), dtype=torch.float64)
-        return phi.T @ torch.linalg.solve(gram, y.double())
+        """Minimum-norm least-squares weights ν (D,) with φ(x)ν ≈ y (ridge 0, as the code's fit)."""
+        return torch.linalg.lstsq(self.features(x), y.double().unsqueeze(1), driver="gelsd").solution[:, 0]
 
     def grad(self, nu: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """∇_x φ(x)·ν at x (d,)."""
-        return (-self.scale * (nu * torch.sin(self.w @ x.double() + self.b)) @ self.w).float()
+        return -self.scale * (nu * torch.sin(self.w @ x.double() + self.b)) @ self.w
 
 
 class FZooS(Federated):
     name = "fzoos"
+    default_lr = 0.01  # the paper's Adam step in the unit box
     label = "FZooS"
+    contract_settings = {"fzoos_candidates": 10, "fzoos_features": 32, "local_steps": 2}  # about a second
     knobs = {
-        "fzoos_features": Knob(256, "random Fourier features D of the shared surrogate", low=1, high=100_000),
-        "fzoos_candidates": Knob(100, "exploration candidates per local step (the 5 most uncertain are queried)", low=1, high=100_000),
+        "fzoos_features": Knob(10_000, "random Fourier features D of the shared surrogate (the code: 10,000)",
+                               low=1, high=100_000),
+        "fzoos_candidates": Knob(100, "exploration candidates per local step (the 5 most uncertain are queried)",
+                                 low=1, high=100_000),
+        "fzoos_accept": Knob(True, "the server keeps its new model only if the clients' reported F falls "
+                             "(the released code's acceptance step)"),
     }
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
-        c = self.config
-        self.rff = RandomFeatures(c.fzoos_features, ctx.cluster.dim, seed=c.seed)
-        self.history = {r: (torch.zeros(0, ctx.cluster.dim), torch.zeros(0)) for r in ctx.cluster.ranks}
-        self.local_nu = {r: None for r in ctx.cluster.ranks}  # each client's last RFF weights
+        c, d = self.config, ctx.cluster.dim
+        self.theta0 = self.global_row.clone()
+        self.u = torch.full((d,), 0.5, dtype=torch.float64)  # the global model in the unit box
+        self.rff = RandomFeatures(c.fzoos_features, d, seed=c.seed)
+        self.history = {r: (torch.zeros(0, d, dtype=torch.float64), torch.zeros(0, dtype=torch.float64))
+                        for r in ctx.cluster.ranks}
+        self.local_nu = {r: None for r in ctx.cluster.ranks}  # each client's RFF weights, in its target units
         self.global_nu: torch.Tensor | None = None
         self.queries = 0
+        for r in ctx.cluster.ranks:  # the initial design around x0
+            gen = self.generator(r, -1)
+            self.query(ctx, r, self.u + RADIUS * (2 * torch.rand(INIT_QUERIES, d, generator=gen,
+                                                                 dtype=torch.float64) - 1))
+
+    def generator(self, r: int, round_index: int) -> torch.Generator:
+        return torch.Generator().manual_seed((self.config.seed * 1_000_003 + round_index + 7) * 10_007 + r)
+
+    def params(self, u: torch.Tensor) -> torch.Tensor:
+        """The model θ(u) for points u (..., d) of the unit box."""
+        return self.theta0.double() + BOX * (2 * u.clamp(0, 1) - 1)
+
+    def query(self, ctx, r: int, us: torch.Tensor) -> torch.Tensor:
+        """f_r at the points us (k, d), stored in client r's history; returns the values (k,)."""
+        ys = shard_objective(ctx, r)(self.params(us))
+        hx, hy = self.history[r]
+        self.history[r] = (torch.cat([hx, us])[-HISTORY:], torch.cat([hy, ys])[-HISTORY:])
+        self.queries += len(us)
+        return ys
+
+    def nearest(self, r: int, u: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        hx, hy = self.history[r]
+        idx = (hx - u).norm(dim=1).argsort()[:k]
+        return hx[idx], hy[idx]
+
+    def explore(self, ctx, r: int, gp: GP, u: torch.Tensor, radius: float, num: int, keep: int, gen):
+        """Query the `keep` of `num` points u + radius·U[−1, 1]^d whose surrogate gradient is most uncertain."""
+        cands = u + radius * (2 * torch.rand(num, u.numel(), generator=gen, dtype=torch.float64) - 1)
+        self.query(ctx, r, cands[gp.grad_uncertainty(cands).topk(min(keep, num)).indices])
+
+    def client(self, ctx, r: int, steps: int) -> tuple[torch.Tensor, float, float]:
+        """Client r's local optimization from the global model: (u_i, f_i at the start, mean f_i on its path)."""
+        c = self.config
+        gen = self.generator(r, ctx.rounds)
+        u = self.u.clone()
+        start = float(self.query(ctx, r, u.unsqueeze(0))[0])
+        path = [start]
+        m, v = torch.zeros_like(u), torch.zeros_like(u)
+        gp = None
+        for t in range(steps):
+            gp = GP(*self.nearest(r, u, NEAREST), near=gp.ell if gp is not None else None)
+            g = gp.grad(u)
+            if self.global_nu is not None and self.local_nu[r] is not None:
+                g = g + (self.rff.grad(self.global_nu, u) - self.rff.grad(self.local_nu[r], u)) / (t + 1)
+            m = ADAM[0] * m + (1 - ADAM[0]) * g
+            v = ADAM[1] * v + (1 - ADAM[1]) * g * g
+            u = u - c.lr * (m / (1 - ADAM[0] ** (t + 1))) / ((v / (1 - ADAM[1] ** (t + 1))).sqrt() + ADAM[2])
+            path.append(float(self.query(ctx, r, u.unsqueeze(0))[0]))
+            if t < steps - 1:
+                self.explore(ctx, r, gp, u, RADIUS, c.fzoos_candidates, EXPLORE, gen)
+        return u, start, sum(path) / len(path)
+
+    def train_round(self, ctx: TrainContext, plan: RoundPlan) -> RoundResult:
+        c, coll = self.config, ctx.collective
+        clients = plan.participants
+        mine = [r for r in clients if r in ctx.cluster.ranks]
+        n, d, features = ctx.cluster.num_local, ctx.cluster.dim, c.fzoos_features
+        rows = [ctx.cluster.local_index(r) for r in mine]
+        us, start, loss = torch.zeros(n, d, dtype=torch.float64), torch.zeros(n, 1), torch.zeros(len(mine),
+                                                                                                   dtype=torch.float64)
+        for j, (r, row) in enumerate(zip(mine, rows)):
+            us[row], start[row, 0], loss[j] = self.client(ctx, r, self.local_steps(r))
+        if mine:
+            ctx.cluster.set_rows(self.params(us[rows]).float(), rows)
+        w = torch.zeros(coll.world_size, dtype=torch.float64)
+        w[clients] = self.sizes[clients].double() / self.sizes[clients].sum()
+        # phase 1: every client sends its end point and f_i at the start; the server steps (η = 1)
+        up = coll.server_gather(Packet({"x": us.float(), "f": start}), ranks=clients, tag="model+value")
+        got = up.map(lambda t: t[0]).tensors
+        step = sum(w[r] * (self.u - got["x"][r].double()) for r in clients)
+        candidate = self.u - step
+        coll.server_broadcast(candidate.float(), ranks=clients, tag="candidate")
+        at_candidate = {}
+        if c.fzoos_accept:  # each client reports f_i(x'); the server keeps x' only if F fell
+            values = torch.zeros(n, 1)
+            for r, row in zip(mine, rows):
+                at_candidate[r] = self.query(ctx, r, candidate.unsqueeze(0))
+                values[row, 0] = float(at_candidate[r][0])
+            new = coll.server_gather(values, ranks=clients, tag="value")[0][:, 0].double()
+            accepted = float(sum(w[r] * new[r] for r in clients)) < float(sum(w[r] * got["f"][r, 0] for r in clients))
+            coll.server_broadcast(torch.ones(1, dtype=torch.uint8), ranks=clients, tag="accept")
+        else:
+            accepted = True
+        x = candidate if accepted else self.u
+        # phase 2: each client explores around x and fits its random-feature surrogate there
+        nus, ranges = torch.zeros(n, features), torch.zeros(n, 2)
+        for r, row in zip(mine, rows):
+            if accepted and r not in at_candidate:  # (otherwise x was queried already: at the start or as x')
+                self.query(ctx, r, x.unsqueeze(0))
+            gp = GP(*self.nearest(r, x, NEAREST))
+            radius = float((x - us[row]).abs().mean()) / 2
+            self.explore(ctx, r, gp, x, radius, RFF_CANDIDATES, RFF_EXPLORE, self.generator(r, ctx.rounds))
+            px, py = self.nearest(r, x, RFF_POINTS)
+            lo, hi = float(py.min()), float(py.max())
+            nu = self.rff.fit(px, (py - lo) / (hi - lo + 1e-40))
+            self.local_nu[r] = nu * (hi - lo)
+            nus[row], ranges[row] = nu.float(), torch.tensor([lo, hi])
+        sur = coll.server_gather(Packet({"nu": nus, "range": ranges}), ranks=clients, tag="surrogate")
+        got = sur.map(lambda t: t[0]).tensors
+        self.global_nu = sum(w[r] * got["nu"][r].double() * float(got["range"][r, 1] - got["range"][r, 0])
+                             for r in clients)
+        self.u = x
+        self.global_row = self.params(x).float()
+        out = LocalTraining(mine, rows, self.params(us[rows]).float(), loss, None)
+        return RoundResult(self.mean_loss(ctx, out, clients), {"queries": count_queries(ctx, self.queries),
+                                                               "accepted": accepted})
 
     def downlink(self, ctx: TrainContext, sampled: list[int]) -> None:
         ctx.collective.server_broadcast(self.global_row, ranks=sampled, tag="model")
         if self.global_nu is not None:
             ctx.collective.server_broadcast(self.global_nu.float(), ranks=sampled, tag="surrogate")
 
-    def _query(self, ctx, r: int, x: torch.Tensor, batch) -> float:
-        hx, hy = self.history[r]
-        y = float(row_losses(ctx, x.unsqueeze(0), batch[0], batch[1])[0])
-        self.history[r] = (torch.cat([hx, x.unsqueeze(0)])[-HISTORY:], torch.cat([hy, torch.tensor([y])])[-HISTORY:])
-        self.queries += 1
-        return y
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "u": self.u, "history": self.history, "local_nu": self.local_nu,
+                "global_nu": self.global_nu, "queries": self.queries}
 
-    def _nearest(self, r: int, x: torch.Tensor, k: int):
-        hx, hy = self.history[r]
-        idx = (hx - x).norm(dim=1).argsort()[:k]
-        return hx[idx], hy[idx]
-
-    def client(self, ctx, r: int, steps: int, gen: torch.Generator) -> tuple[torch.Tensor, float]:
-        """Client r's local optimization from the global model; returns (x_i, mean queried loss)."""
-        c = self.config
-        d = ctx.cluster.dim
-        batch = ctx.batches.next([r])  # this round's objective f_i: one batch, (1, B, ...)
-        x = self.global_row.clone()
-        m, v = torch.zeros(d), torch.zeros(d)
-        losses = [self._query(ctx, r, x, batch)]
-        for _ in range(EXPLORE):  # a first local design around the start, so the GP sees its neighbourhood
-            dirs = torch.randn(d, generator=gen)
-            self._query(ctx, r, x + RADIUS * float(torch.rand((), generator=gen)) * dirs / dirs.norm(), batch)
-        for t in range(steps):
-            if len(self.history[r][1]) >= 2:
-                g = Surrogate(*self._nearest(r, x, NEAREST)).grad(x)
-            else:
-                g = torch.zeros(d)
-            if self.global_nu is not None and self.local_nu[r] is not None:
-                g = g + (self.rff.grad(self.global_nu, x) - self.rff.grad(self.local_nu[r], x)) / (t + 1)
-            m = ADAM[0] * m + (1 - ADAM[0]) * g
-            v = ADAM[1] * v + (1 - ADAM[1]) * g * g
-            x = x - c.lr * (m / (1 - ADAM[0] ** (t + 1))) / ((v / (1 - ADAM[1] ** (t + 1))).sqrt() + ADAM[2])
-            losses.append(self._query(ctx, r, x, batch))
-            if len(self.history[r][1]) >= 2:
-                dirs = torch.randn(c.fzoos_candidates, d, generator=gen)
-                radii = RADIUS * torch.rand(c.fzoos_candidates, 1, generator=gen)
-                cands = x + radii * dirs / dirs.norm(dim=1, keepdim=True)
-                unc = Surrogate(*self._nearest(r, x, NEAREST)).grad_uncertainty(cands)
-                for i in unc.topk(min(EXPLORE, len(unc))).indices:
-                    self._query(ctx, r, cands[i], batch)
-        return x, sum(losses) / len(losses)
-
-    def train_round(self, ctx: TrainContext, plan: RoundPlan) -> RoundResult:
-        c = self.config
-        clients = plan.participants
-        mine = [r for r in clients if r in ctx.cluster.ranks]
-        n, d, features = ctx.cluster.num_local, ctx.cluster.dim, c.fzoos_features
-        xs, nus, spans = torch.zeros(n, d), torch.zeros(n, features), torch.zeros(n, 2)
-        loss = torch.zeros(len(mine), dtype=torch.float64)
-        rows = [ctx.cluster.local_index(r) for r in mine]
-        for j, (r, row) in enumerate(zip(mine, rows)):
-            gen = torch.Generator().manual_seed((c.seed * 1_000_003 + ctx.rounds) * 10_007 + r)
-            xs[row], loss[j] = self.client(ctx, r, self.local_steps(r), gen)
-        if mine:
-            ctx.cluster.set_rows(xs[rows], rows)
-        # RFF surrogate of each client near its own end point, in its target units
-        for r, row in zip(mine, rows):
-            px, py = self._nearest(r, xs[row], RFF_POINTS)
-            lo, hi = float(py.min()), float(py.max())
-            nu = self.rff.fit(px, (py.double() - lo) / max(hi - lo, 1e-12))
-            self.local_nu[r] = nu * max(hi - lo, 1e-12)
-            nus[row], spans[row] = nu.float(), torch.tensor([lo, hi])
-        packet = Packet({"x": xs, "nu": nus, "range": spans})
-        gathered = ctx.collective.server_gather(packet, ranks=clients, tag="model+surrogate").map(lambda t: t[0])
-        weights = self.sizes[clients] / self.sizes[clients].sum()
-        new_x, new_nu = torch.zeros(d), torch.zeros(features, dtype=torch.float64)
-        for w, r in zip(weights, clients):  # ascending client order
-            t = gathered.tensors
-            new_x += w * (self.global_row - t["x"][r])
-            new_nu += w.double() * t["nu"][r].double() * float(t["range"][r, 1] - t["range"][r, 0])
-        self.global_row = self.global_row - new_x  # η = 1
-        self.global_nu = new_nu
-        out = LocalTraining(mine, rows, xs[rows], loss, None)
-        return RoundResult(self.mean_loss(ctx, out, clients), {"queries": self.queries,
-                                                               "uplink_bytes_per_client": packet.nbytes()})
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.u, self.history, self.local_nu = state["u"], state["history"], state["local_nu"]
+        self.global_nu, self.queries = state["global_nu"], state["queries"]

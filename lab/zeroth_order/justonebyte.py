@@ -27,8 +27,8 @@ import math
 
 import torch
 
-from lab.knobs import Knob
 from lab.compress.base import row_seed
+from lab.knobs import Knob
 from lab.technique import RoundResult, Technique, TrainContext
 from lab.zeroth_order.common import ZO_KNOBS, direction, spsa
 
@@ -50,11 +50,13 @@ def decode_byte(b: torch.Tensor) -> torch.Tensor:
 
 class JustOneByte(Technique):
     name = "justonebyte"
+    default_lr = 0.01  # SPSA at 0.5 blows up (loss 137,367 after 2 rounds)
     label = "Just One Byte"
     knobs = {
         **ZO_KNOBS,
         "zo_samples": Knob(4, "projected gradients per machine per iteration", low=1, high=100_000),
-        "zo_scalar_format": Knob("int8", "how a projected gradient is sent (one byte or fp32)", choices=("int8", "fp32")),
+        "zo_scalar_format": Knob("int8", "how a projected gradient is sent (one byte or fp32)",
+                                 choices=("int8", "fp32")),
     }
 
     def perturbation_seed(self, t: int, machine: int, sample: int) -> int:
