@@ -9,12 +9,19 @@ directory. On a real process group, one process per worker:
 
 (rank 0 writes the run directory). A bad option value prints the validation
 message and exits with status 2, without a traceback.
+
+    commlab run --technique ddp --steps 200 --checkpoint-every 50
+    commlab run --resume runs/<id>
+
+checkpoints a simulated run every 50 steps and continues an interrupted one
+from its last checkpoint, in its directory (lab.checkpoint).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from lab import checkpoint
 from lab.config import ALWAYS, COMMON, KNOBS, ExperimentConfig, reads
 from lab.experiment import run
 from lab.registry import techniques
@@ -85,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default=None, help="where run directories go (default: ./runs or $COMMLAB_RUNS_DIR)")
     p.add_argument("--no-save", action="store_true", help="do not write a run directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--checkpoint-every", type=TYPES[int], default=None, metavar="K",
+                   help="write runs/<id>/checkpoint.pt every K steps (K rounds for round-budgeted techniques)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its checkpoint, with its config (options given "
+                        "must equal it); it ends bit for bit where the uninterrupted run would")
     t = sub.add_parser("techniques", help="list the techniques and the knobs each reads")
     t.add_argument("name", nargs="?", default=None, help="one technique (default: all)")
     return parser
@@ -112,8 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "techniques":
             print(list_techniques(args.name))
             return 0
-        config = ExperimentConfig(**{name: getattr(args, name) for name in KNOBS if hasattr(args, name)})
-        result = run(config, runs_dir=args.runs_dir, save=not args.no_save, progress=not args.quiet)
+        given = {name: getattr(args, name) for name in KNOBS if hasattr(args, name)}
+        if args.resume is not None:  # the run's own config; an option given must not change it
+            saved = checkpoint.read(args.resume)
+            config = ExperimentConfig.from_dict(checkpoint.stored_config(saved))
+            config = config.replace(**given) if given else config
+        else:
+            config = ExperimentConfig(**given)
+        result = run(config, runs_dir=args.runs_dir, save=not args.no_save, progress=not args.quiet,
+                     checkpoint_every=args.checkpoint_every, resume=args.resume)
     except ValueError as e:
         print(f"commlab: error: {e}", file=sys.stderr)
         return 2

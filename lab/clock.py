@@ -145,13 +145,26 @@ class Clock:
         self.step = entry.step
         senders = None
         if cost is not None and entry.algorithm == "p2p" and cost.traffic is not None:
-            tr = cost.traffic[: self.num_ranks, : self.num_ranks]
-            if tr.any():
-                recv = np.nonzero(tr.sum(axis=0))[0].tolist()
-                send = np.nonzero(tr.sum(axis=1))[0].tolist()
-                senders = {r: np.nonzero(tr[:, r])[0].tolist() for r in recv}
-                ranks = sorted(set(recv) | set(send))
+            tr = cost.traffic  # sparse: the (src, dst) pairs that talked, sorted by src
+            among = (tr.src < self.num_ranks) & (tr.dst < self.num_ranks)
+            if among.any():
+                senders = {}
+                for s, d in zip(tr.src[among].tolist(), tr.dst[among].tolist()):
+                    senders.setdefault(d, []).append(s)
+                senders = {r: senders[r] for r in sorted(senders)}
+                ranks = sorted(set(senders) | set(tr.src[among].tolist()))
         self.comm(entry.seconds, ranks=ranks, senders=senders, label=f"{entry.op}:{entry.tag}" if entry.tag else entry.op)
+
+    # ---- checkpoints (lab.checkpoint) ---------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The timeline so far: every attribute but the compute source (a callable) and the overlap window
+        (None between rounds)."""
+        assert self._ready is None, "a clock is checkpointed between rounds, not inside `overlapping`"
+        return {k: v for k, v in vars(self).items() if k not in ("compute_source", "_ready")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
 
     # ---- reading it --------------------------------------------------------------------------------
     @property

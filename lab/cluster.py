@@ -33,6 +33,9 @@ class Cluster:
         self.model = model
         self.num_workers = num_workers
         self.ranks = list(range(num_workers)) if ranks is None else list(ranks)
+        #: rank -> its local row (-1: held by another process); `rows_of` maps many ranks at once
+        self.row_of = torch.full((num_workers,), -1, dtype=torch.long)
+        self.row_of[self.ranks] = torch.arange(len(self.ranks))
         self.loss_fn = loss_fn
         self.names, self.shapes, self.numels = [], [], []
         for name, p in model.named_parameters():
@@ -66,7 +69,17 @@ class Cluster:
                 for n, o, k, s in zip(self.names, self.offsets, self.numels, self.shapes)}
 
     def local_index(self, rank: int) -> int:
-        return self.ranks.index(rank)
+        row = int(self.row_of[rank])
+        if row < 0:
+            raise ValueError(f"rank {rank} is not held by this process (it holds {self.ranks})")
+        return row
+
+    def rows_of(self, ranks) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the ranks of `ranks` this process holds, their local rows), both LongTensors in the given order."""
+        ranks = torch.as_tensor(ranks, dtype=torch.long).reshape(-1)
+        rows = self.row_of[ranks]
+        held = rows >= 0
+        return ranks[held], rows[held]
 
     # ---- compute -----------------------------------------------------------------------------
     def _forward_row(self, row, x):
@@ -124,7 +137,8 @@ class Cluster:
             if rows is None:
                 self.params.copy_(value.expand_as(self.params))
             else:
-                self.params[list(rows)] = value.expand(len(rows), self.dim).to(self.params.dtype)
+                rows = torch.as_tensor(rows, dtype=torch.long, device=self.params.device)
+                self.params[rows] = value.expand(len(rows), self.dim).to(self.params.dtype)
 
     def state_bytes_per_rank(self) -> int:
         return self.dim * self.params.element_size()

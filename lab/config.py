@@ -12,6 +12,10 @@ construction, before anything is allocated:
    ValueError names the field, the technique and the techniques that read it;
 3. cross-field rules: the families' options modules and `Technique.check`.
 
+Two checks need the data or the machine and run when the run starts, before
+the model is replicated (`lab.experiment.build_context`): `batch_size` against
+the smallest worker's shard, and the memory estimate (`lab.budget`).
+
 `config_for(technique, **settings)` builds a config from a shared base keeping
 only what that technique reads, for notebooks that sweep several techniques.
 """
@@ -265,7 +269,8 @@ def _digest(self) -> str:
 
 def _as_technique(self, technique: str):
     """This config's settings for another technique, keeping only what that technique reads
-    (`config_for`); e.g. `zero_cfg.as_technique('ddp')` for the DDP baseline of a ZeRO run."""
+    (`config_for`); e.g. `zero_cfg.as_technique('ddp')` for the DDP baseline of a ZeRO run (a ZeRO run's
+    `sharding_degree` > 1 carries over: DDP sharded inside its replicas, lab.sync.sharded — the same numbers)."""
     changed = {k: v for k, v in self.changed().items() if k != "technique"}
     return config_for(technique, **changed)
 

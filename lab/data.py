@@ -15,7 +15,7 @@ each class's examples split across workers by proportions ~ Dir(α); Hsu et al. 
 ``shards`` (McMahan et al. 2017: sort by label, cut into ``num_workers × shards_per_worker``
 shards, deal each worker ``shards_per_worker`` of them).
 
-``RankBatches`` gives each rank its own stream of minibatches from its shard, driven
+``RankBatches`` (lab.batches) gives each rank its own stream of minibatches from its shard, driven
 by a generator seeded from (seed, rank), so a rank draws the same batches whether it is
 simulated beside others or runs alone under torch.distributed.
 """
@@ -26,6 +26,8 @@ from importlib import resources
 
 import numpy as np
 import torch
+
+from lab.batches import RankBatches  # noqa: F401 (re-exported: lab.data.RankBatches, the per-rank batch streams)
 
 DATASETS = ("digits", "lstsq", "chars")
 PARTITIONS = ("iid", "dirichlet", "shards")
@@ -69,20 +71,33 @@ def load_digits() -> Dataset:
 
 def load_lstsq(*, num_groups: int = 8, dim: int = 20, per_group: int = 200, heterogeneity: float = 1.0,
                noise: float = 0.1, seed: int = 0) -> Dataset:
+    """Group by group: u_g, then x, then the noise, from one generator; then a random permutation splits the
+    rows (the first fifth: test). Written so memory stays one copy of the data at 10^5 groups: a first pass
+    only advances the generator to the permutation's draw, a second draws the same numbers again and puts each
+    row where the permutation sends it (train and test are views of one buffer)."""
     g = torch.Generator().manual_seed(seed + 7)
     w_star = torch.randn(dim, generator=g)
-    xs, ys, groups = [], [], []
-    for k in range(num_groups):
+    start = g.get_state()
+    n = num_groups * per_group
+    u, xk, e = torch.empty(dim), torch.empty(per_group, dim), torch.empty(per_group)  # scratch of one group
+    for _ in range(num_groups):  # pass 1: the draws, discarded
+        torch.randn(dim, generator=g, out=u)
+        torch.randn(per_group, dim, generator=g, out=xk)
+        torch.randn(per_group, generator=g, out=e)
+    perm = torch.randperm(n, generator=g)  # position j holds row perm[j]
+    where = torch.empty(n, dtype=torch.long)
+    where[perm] = torch.arange(n)  # row i goes to position where[i]
+    x, y = torch.empty(n, dim), torch.empty(n)  # (n, dim), (n,) in split order
+    g.set_state(start)
+    for k in range(num_groups):  # pass 2: the same draws, each row where the permutation puts it
         w_k = w_star + heterogeneity * torch.randn(dim, generator=g)
-        x = torch.randn(per_group, dim, generator=g)
-        xs.append(x)
-        ys.append(x @ w_k + noise * torch.randn(per_group, generator=g))
-        groups.append(torch.full((per_group,), k, dtype=torch.long))
-    x, y, grp = torch.cat(xs), torch.cat(ys), torch.cat(groups)
-    perm = torch.randperm(len(y), generator=g)
-    n_test = len(y) // 5
-    te, tr = perm[:n_test], perm[n_test:]
-    return Dataset("lstsq", "regression", x[tr], y[tr], x[te], y[te], grp[tr], 0,
+        torch.randn(per_group, dim, generator=g, out=xk)
+        pos = where[k * per_group:(k + 1) * per_group]
+        x[pos] = xk
+        y[pos] = xk @ w_k + noise * torch.randn(per_group, generator=g)
+    n_test = n // 5
+    groups = perm[n_test:] // per_group  # each training row's group
+    return Dataset("lstsq", "regression", x[n_test:], y[n_test:], x[:n_test], y[:n_test], groups, 0,
                    {"input_shape": (dim,), "w_star": w_star, "num_groups": num_groups})
 
 
@@ -161,51 +176,3 @@ def _dirichlet(labels: torch.Tensor, num_workers: int, alpha: float, min_size: i
     raise ValueError(f"dirichlet_alpha={alpha!r} with num_workers={num_workers} leaves some worker fewer than "
                      f"{min_size} examples (batch_size) in 100 draws; raise dirichlet_alpha or lower the batch size")
 
-
-class RankBatches:
-    """Minibatches of `batch_size` for each rank in `ranks`, each from its own shard.
-
-    Rank r shuffles its shard with a generator seeded by (seed, r) and walks it
-    in order, reshuffling at each epoch; a batch may wrap across an epoch end so
-    every batch has exactly `batch_size` examples (vmap needs equal shapes).
-    """
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, shards: list[torch.Tensor], *, batch_size: int, seed: int,
-                 ranks: list[int]):
-        self.x, self.y, self.shards = x, y, shards
-        self.batch_size = batch_size
-        self.ranks = list(ranks)
-        self._gens = {r: torch.Generator().manual_seed(seed * 1_000_003 + r) for r in self.ranks}
-        self._order = {r: torch.empty(0, dtype=torch.long) for r in self.ranks}
-        self._pos = {r: 0 for r in self.ranks}
-
-    def shard_size(self, rank: int) -> int:
-        return len(self.shards[rank])
-
-    def _take(self, r: int) -> torch.Tensor:
-        out = []
-        need = self.batch_size
-        while need:
-            if self._pos[r] >= len(self._order[r]):
-                self._order[r] = self.shards[r][torch.randperm(len(self.shards[r]), generator=self._gens[r])]
-                self._pos[r] = 0
-            chunk = self._order[r][self._pos[r]: self._pos[r] + need]
-            self._pos[r] += len(chunk)
-            need -= len(chunk)
-            out.append(chunk)
-        return torch.cat(out)
-
-    def next(self, ranks: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Next batch of each rank in `ranks` (default: all local): x (R, B, ...), y (R, B, ...)."""
-        idx = torch.stack([self._take(r) for r in (self.ranks if ranks is None else ranks)])  # (R, B)
-        return self.x[idx], self.y[idx]
-
-    def state_dict(self) -> dict:
-        return {"gens": {r: g.get_state() for r, g in self._gens.items()},
-                "order": dict(self._order), "pos": dict(self._pos)}
-
-    def load_state_dict(self, state: dict):
-        for r, s in state["gens"].items():
-            self._gens[r].set_state(s)
-        self._order.update(state["order"])
-        self._pos.update(state["pos"])

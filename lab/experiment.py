@@ -25,10 +25,12 @@ runs of the same config and seed.
 Runs persist under `runs/<id>/` — config.json, metrics.parquet, ledger.parquet,
 model.pt, status.json — each written atomically (temporary file, then rename),
 metrics after every evaluation, so a stopped or crashed run keeps what it had
-finished.
+finished. With `checkpoint_every=K` a run also writes checkpoint.pt every K
+steps (rounds), and `resume(run_dir)` continues it bit for bit (lab.checkpoint).
 """
 from __future__ import annotations
 
+import numbers
 import os
 import signal
 import sys
@@ -40,7 +42,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lab import pretrain, topology as topo
+from lab import checkpoint, pretrain, topology as topo
 from lab.budget import check_memory
 from lab.clock import Clock
 from lab.cluster import Cluster
@@ -54,7 +56,7 @@ from lab.registry import technique as technique_class, techniques
 from lab.runs import Run, begin as begin_run, default_runs_dir, new_run_dir, runs_table, save as save_run, write_status
 from lab.technique import Diverged, Stopped, TrainContext
 
-__all__ = ["ExperimentConfig", "Run", "build_context", "config_for", "make_optimizer", "run", "runs_table",
+__all__ = ["ExperimentConfig", "Run", "build_context", "config_for", "make_optimizer", "resume", "run", "runs_table",
            "techniques"]
 
 
@@ -102,7 +104,8 @@ def build_context(config: ExperimentConfig, *, collective=None) -> tuple[TrainCo
 
 
 def run(config: ExperimentConfig, *, runs_dir: str | Path | None = None, save: bool = True, progress: bool = True,
-        callback=None, stop: threading.Event | None = None, collective=None) -> Run:
+        callback=None, stop: threading.Event | None = None, collective=None, checkpoint_every: int | None = None,
+        resume: str | Path | None = None) -> Run:
     """Train `config` and return its Run.
 
     callback(row: dict) is called after every round (the widgets stream charts
@@ -112,14 +115,25 @@ def run(config: ExperimentConfig, *, runs_dir: str | Path | None = None, save: b
     `on_divergence='continue'`). Whatever happens, the finished rows are
     returned and, with `save`, on disk; the run directory has config.json and
     status.json from before the first step (lab.runs).
+
+    `checkpoint_every=K` writes runs/<id>/checkpoint.pt every K steps (K rounds for a technique budgeted in
+    rounds) at a round boundary; `resume=RUN_DIR` continues that run from its checkpoint, in its directory,
+    and ends bit for bit where the uninterrupted run would (lab.checkpoint; `resume(run_dir)` takes the
+    config from the directory). Both need a simulated run that saves.
     """
+    checkpoint_every, saved = _checkpointing(config, checkpoint_every, resume, save=save, collective=collective)
     run_ = Run(config, pd.DataFrame(), pd.DataFrame(), "starting")
     is_writer = collective is None and config.backend == "simulated" or _is_rank0(collective)
-    if save and is_writer:
+    if resume is not None:
+        checkpoint_every = checkpoint_every or saved["checkpoint_every"]
+        run_.path = Path(resume)
+        write_status(run_.path, "starting", resumed_from_step=saved["step"])
+    elif save and is_writer:
         run_.path = new_run_dir(Path(runs_dir) if runs_dir is not None else default_runs_dir(), config)
         begin_run(run_)
     rows: list[dict] = []
     ctx = None
+    resumed = {}
 
     def finish(status: str, error: str | None = None):
         run_.status, run_.error = status, error
@@ -128,7 +142,7 @@ def run(config: ExperimentConfig, *, runs_dir: str | Path | None = None, save: b
             run_.ledger = ctx.ledger.table()
             run_.worker_params = ctx.cluster.params.detach().clone()
             run_.timeline = ctx.clock.table()
-            run_.traffic = ctx.ledger.traffic.copy()
+            run_.traffic = ctx.ledger.traffic  # sparse (lab.topology.Traffic), never changed in place
         if run_.path is not None:
             save_run(run_)
 
@@ -139,6 +153,10 @@ def run(config: ExperimentConfig, *, runs_dir: str | Path | None = None, save: b
             ctx.stop = stop
             technique = technique_class(config.technique)(config)
             technique.setup(ctx)
+            if saved is not None:  # the fresh run's state, overwritten by the checkpoint's
+                resumed = checkpoint.restore(ctx, technique, saved)
+                rows[:] = resumed["rows"]
+                run_.model = resumed["model"]
             if run_.path is not None:
                 write_status(run_.path, "running")
             run_.status = "running"
@@ -146,8 +164,11 @@ def run(config: ExperimentConfig, *, runs_dir: str | Path | None = None, save: b
             if progress and ctx.collective.ranks[0] == 0:
                 from tqdm.auto import tqdm
 
-                bar = tqdm(total=total, desc=f"{config.technique} ×{config.num_workers}", unit=technique.budget[:-1])
-            _train(ctx, data, technique, run_, rows, bar=bar, callback=callback, stop=stop)
+                bar = tqdm(total=total, desc=f"{config.technique} ×{config.num_workers}", unit=technique.budget[:-1],
+                           initial=ctx.rounds if technique.budget == "rounds" else ctx.step)
+            _train(ctx, data, technique, run_, rows, bar=bar, callback=callback, stop=stop,
+                   checkpoint_every=checkpoint_every if run_.path is not None else None,
+                   last_eval_step=resumed.get("last_eval_step", -1))
             done = ctx.rounds >= config.rounds if technique.budget == "rounds" else ctx.step >= config.steps
             finish("finished" if done else "stopped")
         except Stopped:
@@ -169,11 +190,12 @@ def run(config: ExperimentConfig, *, runs_dir: str | Path | None = None, save: b
     return run_
 
 
-def _train(ctx, data, technique, run_: Run, rows: list, *, bar, callback, stop) -> None:
-    """The round loop: one metrics row per round, evaluation every `eval_every` steps, saves after each."""
+def _train(ctx, data, technique, run_: Run, rows: list, *, bar, callback, stop, checkpoint_every=None,
+           last_eval_step: int = -1) -> None:
+    """The round loop: one metrics row per round, evaluation every `eval_every` steps, saves after each,
+    a checkpoint at the end of each round that crosses a multiple of `checkpoint_every`."""
     config = ctx.config
-    t0 = time.perf_counter()
-    last_eval_step = -1
+    t0 = time.perf_counter() - (rows[-1]["wall_seconds"] if rows else 0.0)  # a resumed run's clock goes on
 
     def done() -> bool:
         return ctx.rounds >= config.rounds if technique.budget == "rounds" else ctx.step >= config.steps
@@ -211,6 +233,52 @@ def _train(ctx, data, technique, run_: Run, rows: list, *, bar, callback, stop) 
         if "eval_loss" in row and run_.path is not None:
             run_.metrics, run_.ledger = pd.DataFrame(rows), ctx.ledger.table()
             save_run(run_)
+        if checkpoint_every:
+            unit, was = (ctx.rounds, ctx.rounds - 1) if technique.budget == "rounds" else (ctx.step, before)
+            if unit // checkpoint_every > was // checkpoint_every:
+                checkpoint.write(run_.path, checkpoint.capture(ctx, technique, rows=rows, model=run_.model,
+                                                               last_eval_step=last_eval_step,
+                                                               every=checkpoint_every))
+
+
+def resume(run_dir: str | Path, **kwargs) -> Run:
+    """Continue the run in `run_dir` from its checkpoint, with its own config (`run(config, resume=...)`)."""
+    saved = checkpoint.read(run_dir)
+    config = ExperimentConfig.from_dict(checkpoint.stored_config(saved))
+    return run(config, resume=run_dir, **kwargs)
+
+
+def _checkpointing(config, every, resume, *, save: bool, collective) -> tuple[int | None, dict | None]:
+    """Check `checkpoint_every` and `resume` before anything is allocated; the checkpoint to resume from."""
+    if every is not None:
+        if isinstance(every, bool) or not isinstance(every, numbers.Integral) or not 1 <= every <= 10**9:
+            bad("checkpoint_every", every, "a whole number of steps (rounds) from 1 to 10**9, or None")
+        every = int(every)
+    if every is None and resume is None:
+        return None, None
+    what = "checkpoint_every" if resume is None else "resume"
+    if config.backend != "simulated" or collective is not None:
+        bad(what, every if resume is None else resume, "None under backend='distributed' (checkpoints hold one "
+            "process's ranks; simulated runs only)")
+    if not save:
+        bad(what, every if resume is None else resume, "None with save=False (a checkpoint lives in the run "
+            "directory)")
+    if resume is None:
+        return every, None
+    from lab.runs import read_status
+
+    try:
+        state = read_status(resume)
+    except (ValueError, OSError) as e:
+        bad("resume", str(resume), f"a run directory ({e})")
+    if state["status"] in ("starting", "running"):
+        bad("resume", str(resume), f"a run that is not running (process {state.get('pid')} on "
+            f"{state.get('host')} still is)")
+    if state["status"] == "finished":
+        bad("resume", str(resume), "an unfinished run (this one is finished)")
+    saved = checkpoint.read(resume)
+    checkpoint.check_config(config, saved, resume)
+    return every, saved
 
 
 def _is_rank0(collective) -> bool:

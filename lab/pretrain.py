@@ -120,16 +120,17 @@ def pretrain(config, *, seed: int) -> dict[str, torch.Tensor]:
     if config.model not in LR:
         raise ValueError(f"model={config.model!r} has no pre-training recipe; allowed: {list(LR)}")
     data = split(load_dataset(config.dataset, seed=seed, num_workers=config.num_workers), "pretrain")
-    spec = build_model(config.model, data, seed=seed)
-    model = spec.module
-    opt = torch.optim.AdamW(model.parameters(), lr=LR[config.model], weight_decay=0.0)
-    g = torch.Generator().manual_seed(seed * 7_777 + 3)
-    for _ in range(config.pretrain_steps):
-        idx = torch.randint(0, data.num_train, (BATCH,), generator=g)
-        loss = spec.loss_fn(model(data.x_train[idx]), data.y_train[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    with torch.random.fork_rng():  # the run's global RNG is the same whether the backbone was cached or not
+        spec = build_model(config.model, data, seed=seed)
+        model = spec.module
+        opt = torch.optim.AdamW(model.parameters(), lr=LR[config.model], weight_decay=0.0)
+        g = torch.Generator().manual_seed(seed * 7_777 + 3)
+        for _ in range(config.pretrain_steps):
+            idx = torch.randint(0, data.num_train, (BATCH,), generator=g)
+            loss = spec.loss_fn(model(data.x_train[idx]), data.y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

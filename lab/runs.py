@@ -1,7 +1,7 @@
 """Runs on disk: a Run's tables, its honest status, atomic writes, and the runs table.
 
 A run directory `runs/<id>/` holds config.json, status.json, metrics.parquet,
-ledger.parquet and model.pt. status.json is written before training starts
+ledger.parquet and model.pt (and checkpoint.pt, with `checkpoint_every`: lab.checkpoint). status.json is written before training starts
 ("starting", with the process id and host), then "running", and at the end one
 of: finished, stopped (Stop pressed), interrupted (Ctrl-C or SIGTERM), diverged
 (a non-finite loss, gradient or parameter; with the step and the quantity),
@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -46,7 +45,7 @@ class Run:
     error: str | None = None  # why it failed or diverged, one line
     worker_params: torch.Tensor | None = None  # (n_local, d) final rows of this process's workers (not saved)
     timeline: pd.DataFrame | None = None  # the simulated clock's per-rank events (lab.clock; not saved)
-    traffic: np.ndarray | None = None  # (P+1, P+1) bytes sent rank to rank (index P: a star's server; not saved)
+    traffic: object = None  # a lab.topology.Traffic: bytes sent rank to rank, sparse (P: the server; not saved)
     divergence: dict | None = None  # {'step', 'quantity'} of the first non-finite value, if the run diverged
 
     def summary(self) -> dict:

@@ -33,7 +33,7 @@ topologies = ["nvlink_node", "wan_sites"]
 lm_steps = 48  # part 2, the character LM: local steps per worker
 lm_workers = 4
 lm_sync_period = 12  # H for Local SGD, DiLoCo and Streaming DiLoCo; QSR starts at H / 3
-lm_fragments = 3  # Streaming DiLoCo's P (at most H; the LM's 111690 parameters split into equal thirds)
+lm_fragments = 3  # Streaming DiLoCo's P (at most H and the model's number of layers)
 lm_qsr_alpha = 0.006  # QSR's alpha for AdamW at lr 3e-3: H grows like (alpha / lr)^2 as the cosine decays
 metrics_path = ""  # if set, results are written here as JSON
 
@@ -181,7 +181,7 @@ lm_plan = {
     f"Streaming P={lm_fragments} 4-bit": ("streaming_diloco", dict(num_fragments=lm_fragments, overlap_steps=1,
                                                                    outer_bits=4)),
 }
-lm_configs = {label: config_for(t, **lm_settings, **own) for label, (t, own) in lm_plan.items()}
+lm_configs = {label: config_for(t, **{**lm_settings, **own}) for label, (t, own) in lm_plan.items()}
 pd.DataFrame([{"run": label, "left out": field, "why": why} for label, (t, own) in lm_plan.items()
               for field, why in dropped(t, {**lm_settings, **own}).items()])
 
@@ -253,10 +253,14 @@ for label, row in lm_table.iterrows():
 # purpose; with only a handful of outer steps here it tends to land behind plain
 # averaging — the paper's regime is H = 500 over many thousands of steps, and
 # `bench/diloco_vs_ddp.py` runs longer. QSR spends its syncs early, while the
-# learning rate is large, and almost none at the end. Streaming DiLoCo sends the same total as DiLoCo but only 1/P of it
-# at a time — its peak sync is a third of DiLoCo's — and 4-bit outer gradients
-# cut the total by about four on four workers (packed codes are all-gathered,
-# against DiLoCo's fp32 all-reduce). Its clock shows what overlap can and cannot
+# learning rate is large, and almost none at the end. Streaming DiLoCo sends the
+# same total as DiLoCo but one fragment at a time: its fragments are strided over
+# the layers (layers p, p + P, ...: the paper's pattern), as even as this small
+# GPT's layers allow, so its peak sync is about half of DiLoCo's here
+# (`fragment_pattern="contiguous"` cuts equal thirds). 4-bit outer gradients cut
+# the total by about eight: the codes go through a two-phase compressed
+# all-reduce (each rank reduces one chunk, then the reduced chunks are gathered,
+# 4 bits on both hops) against DiLoCo's fp32 ring. Its clock shows what overlap can and cannot
 # do here: τ steps of a tiny model hide microseconds, while a WAN message costs
 # tens of milliseconds of latency, so more, smaller syncs cost more latency.
 # Overlap pays off when a step's compute is comparable to a sync.

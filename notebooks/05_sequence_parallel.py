@@ -124,7 +124,8 @@ for t in tops:
         for kv in (heads, kv_heads):
             c = layer_cost(m, topology=t, batch=1, seq=seq_lengths[-1], heads=heads, head_dim=head_dim, kv_heads=kv,
                            bytes_per_element=2, layout="zigzag")
-            gqa.append({"topology": t.name, "method": m, "kv_heads": kv, "GB per rank per layer": c["bytes_per_rank"] / 1e9})
+            gqa.append({"topology": t.name, "method": m, "kv_heads": kv,
+                        "GB per rank per layer": c["bytes_per_rank"] / 1e9})
 gqa = pd.DataFrame(gqa).pivot(index=["topology", "method"], columns="kv_heads", values="GB per rank per layer")
 gqa
 

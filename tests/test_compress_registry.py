@@ -8,8 +8,8 @@ import lab.compress.packing
 from lab.compress import Compressor, make_compressor, make_feedback
 from lab.compress.registry import COMPRESSORS, NO_FEEDBACK, SPECS, spec
 from lab.config import KNOBS, ExperimentConfig
-from lab.models import build_model
 from lab.data import load_dataset
+from lab.models import build_model
 
 SHAPES = [(20, 40), (40,), (10, 16)]
 

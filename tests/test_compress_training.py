@@ -7,8 +7,8 @@ import pytest
 from lab.compress import make_compressor
 from lab.config import config_for
 from lab.experiment import ExperimentConfig, build_context, run
-from lab.registry import technique as technique_class
 from lab.launch import compare_with_simulated
+from lab.registry import technique as technique_class
 
 D = 4810  # the digits MLP
 
@@ -66,6 +66,7 @@ def test_fedavg_uplink_compression_with_error_feedback_only_for_participants():
 
 
 @pytest.mark.gloo
+@pytest.mark.slow
 @pytest.mark.parametrize("technique,extra", [
     ("ddp", dict(steps=6, compressor="qsgd", compression_ratio=0.2, error_feedback="econtrol")),
     ("fedavg", dict(rounds=2, local_steps=3, compressor="fedzip", compression_ratio=0.05, error_feedback="ef21")),

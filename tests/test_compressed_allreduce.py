@@ -174,3 +174,20 @@ def test_issue9_byte_targets_hold_at_8_16_and_32_workers(p):
     sd = ExperimentConfig(technique="streaming_diloco", num_workers=p, steps=16, sync_period=8, num_fragments=2,
                           eval_every=16, topology="ethernet")
     assert result(sd.replace(outer_bits=4)).metrics.bytes.iloc[-1] / result(sd).metrics.bytes.iloc[-1] <= 0.15
+
+
+def test_a_channel_resumes_from_its_state_with_both_hops_memories():
+    def channel():
+        return build_channel("qsgd", target=0.1, scope="layer", error_feedback="ef", eta=0.0, seed=3, shapes=MLP)
+
+    coll = collective(4)
+    whole = channel()
+    outs = [whole.all_reduce_mean(rows(4, seed=s), coll, tag="g") for s in range(4)]
+    first = channel()
+    for s in range(2):
+        first.all_reduce_mean(rows(4, seed=s), coll, tag="g")
+    resumed = channel()
+    resumed.load_state_dict(first.state_dict())  # the plan is built on the next call and takes its state
+    again = [resumed.all_reduce_mean(rows(4, seed=s), coll, tag="g") for s in (2, 3)]
+    assert all(torch.equal(a, b) for a, b in zip(outs[2:], again))
+    assert next(iter(resumed.plans.values())).residual is not None  # the server-side memory came along

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from lab.config import ALWAYS, KNOBS, ExperimentConfig, config_for, reads
 from lab.experiment import run
 from lab.registry import techniques
+from test_contracts import contract_settings
 
 EXAMPLES = int(os.environ.get("COMMLAB_FUZZ_EXAMPLES", "60"))
 #: values no field accepts, or that test a bound
@@ -55,8 +56,8 @@ def run_briefly(cfg):
 @given(fuzzed())
 def test_a_fuzzed_field_is_refused_by_name_or_runs_honestly(case):
     technique, field, value = case
-    small = {**SMALL, **getattr(techniques()[technique], "contract_settings", {})}  # what the technique needs
-    base = config_for(technique, **{k: v for k, v in small.items() if k != field}).changed()
+    small = {**SMALL, **contract_settings(technique)}  # what the technique needs to run small (test_contracts)
+    base = config_for(technique, **small).changed()  # the fuzzed field overrides its base value below
     settings_ = {**base, "technique": technique, field: value}
     try:
         cfg = ExperimentConfig(**settings_)

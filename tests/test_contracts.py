@@ -1,8 +1,8 @@
 """Contract tests over the registries: whatever is registered keeps the lab's promises, so forgetting a step
 fails here, loudly, instead of silently in a chart.
 
-Every test is parametrized over `lab.registry.techniques()` (or every knob a technique reads, or the compressor
-registry), so a new technique, knob or compressor is checked without touching this file:
+Every test is parametrized over `lab.registry.techniques()` (or every knob a technique reads), so a new
+technique or knob is checked without touching this file:
 
 - every technique runs 4 workers x 8 steps (or 2 rounds) to the end with a finite loss and a non-empty Ledger,
   and the same config and seed give the same metrics and Ledger (which is what makes the knob test meaningful);
@@ -10,7 +10,8 @@ registry), so a new technique, knob or compressor is checked without touching th
   so) where the technique declares a `compressor_path`, or is refused with a ValueError naming `compressor`;
 - every knob a technique reads beyond the always-read common ones, moved off its value to another valid one
   (`Knob.probe_values`, under `Knob.probe_with`), changes the bytes or the metrics of the tiny run — a knob
-  that changes nothing is read by nobody, and should be refused or declared conditional (`read_when`);
+  that changes nothing is read by nobody, and should be refused or declared conditional (`read_when`); one
+  small run per (technique, knob), marked `slow` (about 2 CPU-minutes for the whole file);
 - (every compressor's traffic ratio against its payload ratio, over the compressor registry, is checked in
   tests/test_compressed_allreduce.py);
 - `commlab techniques` lists every technique and `commlab run --help` every knob.

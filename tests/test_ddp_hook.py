@@ -24,7 +24,7 @@ from lab.compress.ddp_hook import ddp_comm_hook
 from lab.data import load_digits
 from lab.launch import free_port
 
-pytestmark = pytest.mark.gloo
+pytestmark = [pytest.mark.gloo, pytest.mark.slow]
 STEPS, RANK, LR, BATCH = 200, 2, 0.2, 32
 
 

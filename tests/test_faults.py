@@ -106,8 +106,8 @@ def test_clients_that_leave_come_back_and_late_joiners_are_not_sampled_before_th
     assert [all(f.alive(c, r) for c in away) for r in range(7)] == [True, True, False, False, False, True, True]
     assert not f.joining & f.stopping and f.members(2) == sorted(set(range(10)) - f.joining)
     r = run(ExperimentConfig(technique="fedavg", num_workers=10, rounds=7, local_steps=2, clients_stop=3, stop_round=2,
-                             return_round=5, clients_join=2, join_round=3, round_deadline=1.5, topology="phones"), save=False,
-            progress=False)
+                             return_round=5, clients_join=2, join_round=3, round_deadline=1.5, topology="phones"),
+            save=False, progress=False)
     sampled = [{int(c) for c in s.split(",")} for s in r.metrics.sampled]
     took_part = [set(participants_of(row)) for _, row in r.metrics.iterrows()]
     joiners = set(range(10)) - sampled[0]

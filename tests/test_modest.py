@@ -1,6 +1,5 @@
 """MoDeST: FedAvg as a special case, bytes on peer links, training that survives 80% of nodes stopping, aggregators
 that buy survival when nodes crash mid-round, the authors' aggregation timeout, and late joiners."""
-import pytest
 import torch
 
 from lab.experiment import ExperimentConfig, run

@@ -21,10 +21,17 @@ def modules() -> dict[str, Path]:
 
 
 def imports(name: str, f: Path, mods: dict[str, Path]) -> set[str]:
-    """Modules of lab/ that `name` imports anywhere in its source (module or function level)."""
+    """Modules of lab/ that `name` imports anywhere in its source (module or function level), except under
+    `if TYPE_CHECKING:` (annotations only: never run)."""
     package = name if f.name == "__init__.py" else name.rpartition(".")[0]
     out = set()
-    for node in ast.walk(ast.parse(f.read_text())):
+    tree = ast.parse(f.read_text())
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and getattr(node.test, "id", getattr(node.test, "attr", "")) == "TYPE_CHECKING"
+                   for n in ast.walk(node)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             for a in node.names:
                 target = a.name

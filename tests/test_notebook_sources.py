@@ -34,9 +34,25 @@ def test_ipynb_is_generated_from_its_source(source):
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_ipynb_is_stored_without_outputs(source):
+    stored = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+    code = [c for c in stored.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), f"{source.stem}.ipynb has outputs"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
 def test_source_is_percent_format_with_a_parameters_cell(source):
     lines = source.read_text().splitlines()
     assert '# %% tags=["parameters"]' in lines, f"{source.name}: the first code cell is tagged parameters"
     nb = jupytext.read(source, fmt="py:percent")
     first = next(c for c in nb.cells if c.cell_type == "code")
     assert first.metadata.get("tags") == ["parameters"] and "metrics_path" in first.source, source.name
+
+
+def test_an_edit_to_a_source_is_a_difference():
+    source = SOURCES[0]
+    stored = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+    edited = jupytext.reads(source.read_text().replace('tags=["parameters"]', "", 1), fmt="py:percent")
+    assert cells(edited) != cells(stored)  # the parameters tag is compared, not just the code
+    edited = jupytext.reads(source.read_text() + "\n# %%\nprint('one more cell')\n", fmt="py:percent")
+    assert cells(edited) != cells(stored)

@@ -4,20 +4,23 @@ from __future__ import annotations
 import pytest
 from test_notebooks import execute  # noqa: F401  (the papermill fixture)
 
-pytestmark = pytest.mark.notebook
+pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 
 
 def test_compression_notebook(execute):  # noqa: F811
     m = execute("02_compression", steps=60, num_workers=4, target_ratio=0.07, compressors=["topk", "sign", "fedzip"],
                 feedbacks=["none", "ef"], lm_steps=8, lm_compressors=["topk"])
     assert {k["compressor"] for k in m["knob"]} == {"topk", "sign", "fedzip"}
+    for k in m["knob"]:  # each compressor's setting meets the target traffic, as the probe measured it
+        assert k["traffic_ratio"] <= 0.07 and k["payload_ratio"] <= k["traffic_ratio"] * 1.05, k
     for key, r in m["runs"].items():
-        assert r["status"] == "finished" and r["measured_ratio"] <= 0.07, key
-        assert r["bytes"] < m["dense"]["bytes"], key  # all-gathered packets at <= 7% beat the dense all-reduce
+        assert r["status"] == "finished", key
+        assert r["traffic_ratio"] <= 0.07 * 1.05, key  # FedZip's size depends on the data: the probe estimates it
+        assert r["bytes"] < 0.1 * m["dense"]["bytes"], key  # the traffic ratio is what the Ledger counted
     assert m["runs"]["topk/ef"]["eval_accuracy"] > 0.7
     assert m["runs"]["topk/ef"]["eval_accuracy"] >= m["runs"]["topk/none"]["eval_accuracy"] - 0.02
     assert set(m["lm"]) == {"dense DDP", "topk"}
-    assert m["lm"]["topk"]["measured_ratio"] <= 0.07 and m["lm"]["topk"]["status"] == "finished"
+    assert m["lm"]["topk"]["traffic_ratio"] <= 0.07 * 1.05 and m["lm"]["topk"]["status"] == "finished"
 
 
 def test_zeroth_order_notebook(execute):  # noqa: F811

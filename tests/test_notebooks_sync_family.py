@@ -4,7 +4,7 @@ import math
 import pytest
 from test_notebooks import execute  # noqa: F401  (the papermill fixture)
 
-pytestmark = pytest.mark.notebook
+pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 
 
 def test_sync_period_character_lm_part(execute):  # noqa: F811
@@ -18,8 +18,10 @@ def test_sync_period_character_lm_part(execute):  # noqa: F811
     for label in ("Local SGD H=12", "DiLoCo H=12", "Streaming P=3"):
         assert runs[label]["bytes_vs_ddp"] == pytest.approx(1 / 12)
         assert runs[label]["sim_seconds"] < runs["DDP"]["sim_seconds"] / 4
-    assert runs["Streaming P=3"]["peak_sync_bytes"] * 3 == runs["DiLoCo H=12"]["peak_sync_bytes"]
-    assert 0.25 <= runs["Streaming P=3 4-bit"]["bytes"] / runs["Streaming P=3"]["bytes"] <= 0.26
+    # one fragment at a time: strided fragments (layers p, p + P, ...) are as even as the layers allow
+    assert runs["Streaming P=3"]["peak_sync_bytes"] < 0.6 * runs["DiLoCo H=12"]["peak_sync_bytes"]
+    # 4-bit codes (plus scales) on both hops of the two-phase compressed all-reduce, against the fp32 ring
+    assert 4 / 32 <= runs["Streaming P=3 4-bit"]["bytes"] / runs["Streaming P=3"]["bytes"] <= 0.15
     q = lm["qsr"]
     start = 0
     for step, h, lr in zip(q["step"], q["sync_period"], q["lr"]):

@@ -52,6 +52,17 @@ def test_backbone_is_cached_by_config_and_seed_and_loads_as_plain_weights(runs_d
     assert not list(path.parent.glob(".*.tmp"))  # written atomically: no temporary file left behind
 
 
+def test_a_run_from_the_cached_backbone_equals_the_run_that_trained_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMMLAB_RUNS_DIR", str(tmp_path))  # an empty cache
+    cfg = config_for("dimat", num_workers=2, steps=4, sync_period=2, pretrain_steps=40, eval_every=2)
+    first = run(cfg, save=False, progress=False)  # pre-trains both agents' backbones
+    assert len(list((tmp_path / "pretrained").glob("*.pt"))) == 2
+    again = run(cfg, save=False, progress=False)  # loads them
+    drop = ["wall_seconds"]
+    assert first.metrics.drop(columns=drop).equals(again.metrics.drop(columns=drop))
+    assert torch.equal(first.model, again.model)
+
+
 def test_lora_freezes_the_pretrained_backbone_and_fine_tunes_on_the_other_classes():
     cfg = config_for("fedpeft", num_workers=4, rounds=3, local_steps=10, lr=0.2,
                      eval_every=10_000)
@@ -77,14 +88,15 @@ def test_pretraining_knobs_are_checked():
 
 def test_fedex_lora_on_a_pretrained_gpt_nears_full_fine_tuning_at_under_5_percent_of_the_bytes():
     # FedEx-LoRA's defaults: 3 clients, rank 4, alpha 8, adapters on the query and value projections
-    common = dict(dataset="chars", model="gpt", num_workers=3, rounds=5, local_steps=10, batch_size=16,
+    common = dict(dataset="chars", model="gpt", num_workers=3, rounds=4, local_steps=8, batch_size=16,
                   eval_every=10**6)
     full = run(config_for("fedavg", pretrained="on", lr=0.5, **common), save=False, progress=False).summary()
     lora = run(config_for("fedex_lora", lr=4.0, lora_rank=4, **common), save=False, progress=False).summary()
     ctx, data = build_context(config_for("fedex_lora", **common))
     backbone = ctx.spec.metrics_fn(ctx.cluster.evaluate(ctx.cluster.params.detach()[0], data.x_test),
                                    data.y_test)["eval_loss"]
-    # measured: backbone 2.48, full fine-tuning 2.26, FedEx-LoRA 2.35 nats/char; bytes 4.8% of full fine-tuning's
+    # measured: backbone 2.48, full fine-tuning 2.27, FedEx-LoRA 2.37 nats/char (4.3% above); bytes 4.6% of
+    # full fine-tuning's (rank-4 factors of q and v up and down, plus the residual's stacked factors down)
     assert full["eval_loss"] < backbone - 0.05 and lora["eval_loss"] < backbone - 0.05  # both learn the new text
     assert lora["eval_loss"] <= 1.10 * full["eval_loss"]
     assert lora["bytes"] < 0.05 * full["bytes"]

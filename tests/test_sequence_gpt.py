@@ -53,7 +53,7 @@ def single_device_losses(data, *, steps, batch_size, lr, seed=0):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        out.append(float(loss))
+        out.append(loss.item())
     return out
 
 

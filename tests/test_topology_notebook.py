@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from test_notebooks import execute  # noqa: F401  (the papermill fixture)
 
-pytestmark = pytest.mark.notebook
+pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 
 NETLAB = Path(__file__).resolve().parents[1] / "bench" / "results" / "netlab.json"
 

@@ -1,7 +1,5 @@
 """Shared-seed zeroth-order methods: what they send is seeds and scalars, counted exactly, and they learn.
 (FZooS and FedZO: tests/test_fzoos.py.)"""
-import math
-
 import torch
 
 from lab.experiment import ExperimentConfig, build_context, run
@@ -9,8 +7,6 @@ from lab.zeroth_order.common import candidate_seeds
 from lab.zeroth_order.fedkseed import FedKSeed, seed_probabilities
 from lab.zeroth_order.ferret import Ferret
 from lab.zeroth_order.justonebyte import decode_byte, encode_byte
-
-
 
 
 def initial_eval_loss(cfg):

@@ -90,7 +90,8 @@ def loss_chart(df: pd.DataFrame | None, x: str = "step", *, y: str = "loss", log
              .mark_line(point=alt.OverlayMarkDef(size=10), clip=True)
              .encode(x=x_enc,
                      y=alt.Y(f"{y}:Q", title=y, scale=alt.Scale(zero=False)),
-                     color=alt.Color("label:N", title="run", legend=alt.Legend(orient="bottom", columns=2, labelLimit=LEGEND_LABEL_LIMIT)),
+                     color=alt.Color("label:N", title="run",
+                                     legend=alt.Legend(orient="bottom", columns=2, labelLimit=LEGEND_LABEL_LIMIT)),
                      order=alt.Order("step:Q"),
                      tooltip=["label:N", "step:Q", "round:Q", alt.Tooltip(f"{y}:Q", format=".4f"),
                               alt.Tooltip("bytes:Q", format=".3s"), alt.Tooltip("sim_seconds:Q", format=".3g")])

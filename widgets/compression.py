@@ -119,7 +119,8 @@ class CompressionKnobs(w.VBox):
         via = f" via {html.escape(k['algorithm'])}" if k.get("algorithm") else ""
         self.readout.value = (f"<b>{html.escape(name)}</b>: {html.escape(k['parameter'] or '-')}{via} → "
                               + " · ".join(shown)
-                              + f" (knob {k['target']:.3g}; {html.escape(k['how'])})")
+                              + (f" (knob {k['target']:.3g}; " if not self.ratio.disabled else " (")
+                              + f"{html.escape(k['how'])})")
 
 
 def compressor_frame(runs: dict) -> pd.DataFrame:

@@ -96,8 +96,7 @@ class KnobPanel(w.VBox):
         main = [n for row in MAIN_ROWS for n in row]
         self.technique = technique_picker(b["technique"])
         self.topology = topology_picker(b["topology"])
-        for picker in (self.technique, self.topology):
-            picker.layout.width = "34em"
+        self.technique.layout.width, self.topology.layout.width = "28em", "46em"
         self.main = {"technique": self.technique, "topology": self.topology}
         for name in main:
             if name not in self.main:

@@ -34,14 +34,14 @@ def _fmt_bytes(n: float) -> str:
 class RunPanel(w.VBox):
     """Train from the notebook: knobs, Run, Stop, Clear, progress, status and live charts.
 
-    `knobs` is a KnobPanel, or an ExperimentConfig (or None) used as the base
+    `knobs` is a KnobPanel, or an ExperimentConfig or dict of settings (or None) used as the base
     of a new one. Finished and stopped Runs collect in `.runs` (`.last_run` is
     the newest); `.frame()` is the table the charts show; `.wait(timeout)`
     blocks until the current run ends (for scripts, tests and papermill).
     Runs are not saved to disk unless `save=True` (then under `runs_dir`).
     """
 
-    def __init__(self, knobs: KnobPanel | ExperimentConfig | None = None, *, save: bool = False, runs_dir=None,
+    def __init__(self, knobs: KnobPanel | ExperimentConfig | dict | None = None, *, save: bool = False, runs_dir=None,
                  throttle_s: float = 0.25, build_chart=dashboard):
         self.knobs = knobs if isinstance(knobs, KnobPanel) else KnobPanel(knobs)
         self.save, self.runs_dir, self.throttle_s = save, runs_dir, throttle_s

@@ -9,7 +9,8 @@ bounded number box — min and max always from the Knob's bounds.
 field not in `lab.config.ALWAYS`) and shows exactly those the chosen
 technique reads (`lab.config.reads`), grouped: the technique's own knobs,
 knobs of a shared base class (e.g. the federated round), the local optimizer,
-and compression. The compressor picker is always shown. A control the
+and compression, each a collapsible section (the first and compression open).
+The compressor picker is always shown. A control the
 technique does not read as configured — the compressor where the technique
 has no `compressor_path`, a knob whose `read_when` does not hold — is
 disabled, with the one-line reason of `lab.config.is_read` beside it.
@@ -28,6 +29,8 @@ from lab.sharding.layout import divisors
 from lab.technique import LOCAL_OPTIMIZER
 
 _STYLE = {"description_width": "11em"}
+#: groups shown open besides the first (the technique's own knobs); the others start collapsed
+OPEN_GROUPS = ("compression",)
 #: width of a control, so the reasons beside them line up
 CONTROL_WIDTH = "24em"
 
@@ -56,14 +59,14 @@ def field_control(name: str, value=None, *, description: str | None = None, styl
         return w.BoundedIntText(min=min([low, *special, value]), max=max(high, value), **kw)
     if k.scale == "log":
         lo, hi = log_range(k, value)
-        return w.FloatLogSlider(base=10, min=lo, max=hi, step=0.05, readout_format=".3~g", continuous_update=False,
+        return w.FloatLogSlider(base=10, min=lo, max=hi, step=0.05, readout_format=".3", continuous_update=False,
                                 **kw)
     step = 0.01
     on_grid = abs(value / step - round(value / step)) < 1e-6
     if k.high - k.low <= 1 and not special and on_grid:
         low = k.low + (step if k.low_open else 0.0)
         high = k.high - (step if k.high_open else 0.0)
-        return w.FloatSlider(min=min(low, value), max=max(high, value), step=step, readout_format=".3~g",
+        return w.FloatSlider(min=min(low, value), max=max(high, value), step=step, readout_format=".3",
                              continuous_update=False, **kw)
     return w.BoundedFloatText(min=min([k.low, *special, value]), max=max(k.high, value), **kw)
 
@@ -117,27 +120,43 @@ class FieldRow(w.HBox):
 def knob_groups(technique: str, fields=None) -> list[tuple[str, list[str]]]:
     """[(title, [field, ...]), ...]: the technique-dependent fields `technique` reads, grouped for display.
 
-    Fields declared by a base class that is not itself a registered technique (e.g. the federated round)
-    form a group of their own; the local optimizer and compression come last. The compressor is always
-    listed, so the panel can say why a technique takes none.
+    The technique's own knobs (and those it inherits from a registered technique, e.g. QSR's from Local SGD)
+    come first; knobs declared by a base class that is not itself a registered technique (e.g. the federated
+    round) form a group of their own, and so do knobs it reads from another technique ('from ZeRO'); the
+    local optimizer and compression come last. The compressor is always listed, so the panel can say why a
+    technique takes none.
     """
     cls = registry.technique(technique)
     fields = [n for n in KNOBS if n not in ALWAYS] if fields is None else list(fields)
     read = reads(technique)
     wanted = [n for n in fields if n in read or n == "compressor"]
     registered = set(registry.techniques().values())
-    groups: dict[str, list[str]] = {cls.label or cls.name: []}
+    own = cls.label or cls.name
+    groups: dict[str, list[str]] = {own: []}
     for n in wanted:
         if n in COMPRESSOR_FIELDS:
             title = "compression"
         elif n in LOCAL_OPTIMIZER:
             title = "local optimizer"
         else:
-            owner = next((c for c in cls.__mro__ if n in vars(c).get("knobs", {})), cls)
-            title = cls.label or cls.name if owner in registered or owner is cls else _humanize(owner.__name__)
+            owner = _declarer(cls, n)
+            if owner is None or owner is cls or (owner in registered and issubclass(cls, owner)):
+                title = own
+            elif issubclass(cls, owner):
+                title = _humanize(owner.__name__)
+            else:
+                title = f"from {owner.label or owner.name}" if owner in registered else _humanize(owner.__name__)
         groups.setdefault(title, []).append(n)
     order = [t for t in groups if t not in ("local optimizer", "compression")] + ["local optimizer", "compression"]
     return [(t, groups[t]) for t in order if groups.get(t)]
+
+
+def _declarer(cls, field: str):
+    """The class that declares config field `field`: in `cls`'s lineage, else in any registered technique's."""
+    for c in [*cls.__mro__, *(b for t in registry.techniques().values() for b in t.__mro__)]:
+        if field in vars(c).get("knobs", {}):
+            return c
+    return None  # a common knob (lab.config.COMMON) the technique reads
 
 
 def _humanize(class_name: str) -> str:
@@ -160,6 +179,7 @@ class TechniqueKnobs(w.VBox):
         self.controls = {n: row.control for n, row in self.rows.items()}
         self.technique: str | None = None
         self.groups: list[tuple[str, list[str]]] = []
+        self.sections: dict[str, w.Accordion] = {}  # group title -> its collapsible section
         super().__init__([])
         self.show(values["technique"])
         self.refresh(values)
@@ -180,11 +200,12 @@ class TechniqueKnobs(w.VBox):
             return
         self.groups = knob_groups(technique, self.rows)  # raises ValueError for an unknown technique
         self.technique = technique
-        children = []
-        for title, group in self.groups:
-            children.append(w.HTML(f"<b>{html.escape(title)}</b>", layout=w.Layout(margin="6px 0 0 0")))
-            children.extend(self.rows[n] for n in group)
-        self.children = children
+        self.sections = {}
+        for i, (title, group) in enumerate(self.groups):
+            is_open = i == 0 or title in OPEN_GROUPS
+            self.sections[title] = w.Accordion([w.VBox([self.rows[n] for n in group])], titles=(
+                f"{title} ({len(group)})",), selected_index=0 if is_open else None)
+        self.children = list(self.sections.values())
 
     def refresh(self, settings: dict) -> None:
         """Disable, with the reason, each shown control the chosen technique does not read under `settings`

@@ -193,7 +193,7 @@ class TopologyView(w.VBox):
         self.traffic = None
         self.picker.value, self.workers.value = run.config.topology, run.config.num_workers
         self.topology = topo.for_config(run.config)
-        self.traffic = run.traffic
+        self.traffic = None if run.traffic is None else np.asarray(run.traffic)  # dense (P+1, P+1) for drawing
         self._redraw()
 
     def _on_change(self, change=None) -> None:

@@ -26,7 +26,7 @@ import torch
 
 from lab.comm.ledger import Ledger
 from lab.comm.packet import payload_nbytes
-from lab.topology import Cost
+from lab.topology import Cost, Traffic
 
 
 class Collective(ABC):
@@ -158,7 +158,7 @@ def merge_costs(costs: list[Cost], groups: list[list[int]]) -> Cost:
     total = {cls: sum(c.bytes[cls] for c in costs) for cls in slow.bytes}
     algorithms = sorted({c.algorithm for c in costs})
     traffics = [getattr(c, "traffic", None) for c in costs]
-    extra = {"traffic": sum(traffics)} if traffics and all(t is not None for t in traffics) else {}
+    extra = {"traffic": Traffic.concat(traffics)} if traffics and all(t is not None for t in traffics) else {}
     return Cost(slow.seconds, f"{'+'.join(algorithms)}[{len(groups)}x{len(groups[0])}]", total,
                 max(c.messages for c in costs), **extra)
 
@@ -167,10 +167,35 @@ def ordered_sum(rows: torch.Tensor, weights: torch.Tensor | None = None) -> torc
     """sum_r w_r * rows[r] over dim 0 in ascending r, in the rows' dtype (at least fp32). Accumulated in that
     dtype, or in the weights' if wider: float64 weights keep a server's sum in float64 even for fp32 rows."""
     out = torch.promote_types(rows.dtype, torch.float32)
-    acc = torch.zeros(rows.shape[1:], dtype=out if weights is None else torch.promote_types(out, weights.dtype))
+    acc_dtype = out if weights is None else torch.promote_types(out, weights.dtype)
+    if rows.shape[0] > 1 and rows[0].numel() <= SMALL_ROW and rows.device.type == "cpu" \
+            and rows.dtype in (torch.float32, torch.float64):
+        return _small_rows_ordered_sum(rows, weights, acc_dtype).to(out)
+    acc = torch.zeros(rows.shape[1:], dtype=acc_dtype, device=rows.device)
     for r in range(rows.shape[0]):
         acc += rows[r] if weights is None else weights[r] * rows[r]
     return acc.to(out)
+
+
+#: rows of at most this many elements are summed by `index_add_` instead of a Python loop over the rows
+SMALL_ROW = 64
+
+
+def _small_rows_ordered_sum(rows: torch.Tensor, weights: torch.Tensor | None, acc_dtype) -> torch.Tensor:
+    """`ordered_sum` of many small rows (per-rank metrics, a tiny model) without a Python loop: CPU `index_add_`
+    into one accumulator row adds the rows one after the other in index order, as the loop does, so the result
+    is the same bit for bit (each term weights[r] * rows[r] formed in the dtype the loop's product has: the rows'
+    for rows with dimensions, the promoted one for scalar rows). Not on CUDA, where index_add_ accumulates
+    atomically, in no fixed order."""
+    p = rows.shape[0]
+    flat = rows.reshape(p, -1)  # (P, m)
+    if weights is not None:
+        term_dtype = rows.dtype if rows.dim() > 1 else torch.promote_types(rows.dtype, weights.dtype)
+        flat = weights.to(term_dtype).reshape(p, 1) * flat.to(term_dtype)
+    terms = flat
+    acc = torch.zeros(1, flat.shape[1], dtype=acc_dtype)
+    acc.index_add_(0, torch.zeros(p, dtype=torch.long), terms.to(acc_dtype))
+    return acc[0].reshape(rows.shape[1:])
 
 
 def mixing_pairs(weights: torch.Tensor) -> list[tuple[int, int]]:

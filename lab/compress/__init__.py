@@ -26,11 +26,10 @@ from lab.compress.powersgd import PowerSGD
 from lab.compress.qsgd import QSGD
 from lab.compress.quantize import IntQuantizer
 from lab.compress.randk import RandK
+from lab.compress.registry import COMPRESSORS, NO_FEEDBACK, SCOPES, spec
 from lab.compress.sign import MajorityVote, ScaledSign
 from lab.compress.threesfc import ThreeSFC
 from lab.compress.topk import TopK
-
-from lab.compress.registry import COMPRESSORS, NO_FEEDBACK, SCOPES, spec
 
 
 def make_compressor(name: str, *, ratio: float = 1.0, shapes=None, dim: int | None = None, seed: int = 0,
@@ -124,6 +123,7 @@ __all__ = [
     "Compressor",
     "EControl",
     "ErrorFeedback",
+    "FP4E3M0",
     "FedZip",
     "HalfPrecision",
     "Identity",

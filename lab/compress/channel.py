@@ -154,11 +154,13 @@ class Channel:
     def state_dict(self) -> dict:
         return {"feedback": self.feedback.state_dict(), "compressor_calls": self.compressor.calls,
                 "warm_start": getattr(self.compressor, "q", None),
-                "plans": {k: plan.state_dict() for k, plan in self.plans.items()}}
+                "plans": {**self._pending, **{k: plan.state_dict() for k, plan in self.plans.items()}},
+                "last": (self.payload_ratio, self.traffic_ratio, self.algorithm)}  # the last exchange's columns
 
     def load_state_dict(self, state: dict) -> None:
         self.feedback.load_state_dict(state["feedback"])
         self.compressor.calls = state["compressor_calls"]
+        self.payload_ratio, self.traffic_ratio, self.algorithm = state.get("last", (1.0, 1.0, ""))
         if state.get("warm_start") is not None:
             self.compressor.q = state["warm_start"]
         for key, s in state.get("plans", {}).items():

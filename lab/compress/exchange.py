@@ -36,15 +36,19 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import TYPE_CHECKING
 from dataclasses import dataclass
 
 import torch
 
 from lab.comm.collective import group_cost
 from lab.comm.packet import Packet
-from lab.compress.base import Compressor, deserialize, pad_ragged, row_seed, serialize_rows
+from lab.compress.wire import deserialize, pad_ragged, row_seed, serialize_rows
 from lab.topology import compressed as algo
 from lab.topology.cost import copy_cost
+
+if TYPE_CHECKING:
+    from lab.compress.base import Compressor
 
 
 def clip_segments(segments, lo: int, hi: int) -> tuple[int, ...]:

@@ -60,8 +60,9 @@ def choose(channel, d: int, size: int, topology, groups, segments) -> str:
     if key not in channel.choices:
         usable = tuple(a for a in channel.applicable if a in GROUP_ALGORITHMS)
         if not usable:
-            raise ValueError(f"compressor={channel.compressor.name!r} has no compressed all-reduce that runs inside "
-                             f"groups (applicable: {list(channel.applicable)}; inside groups: {list(GROUP_ALGORITHMS)})")
+            raise ValueError(f"compressor={channel.compressor.name!r} has no compressed all-reduce that runs "
+                             f"inside groups (applicable: {list(channel.applicable)}; inside groups: "
+                             f"{list(GROUP_ALGORITHMS)})")
         names = algo.candidates(topology, usable, size)
         if len(names) > 1:  # 'cheapest': cost the candidates on the first group's ranks
             names = (make_plan(channel.factory, d=d, segments=segments[0] or (d,), world_size=size,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from lab.compress import NO_FEEDBACK
 
+
 def check(c, bad) -> None:
     if c.compressor in NO_FEEDBACK and c.error_feedback != "none":
         bad("error_feedback", c.error_feedback, f"'none' with compressor={c.compressor!r} (the majority vote is "

@@ -19,9 +19,10 @@ Declarations:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
+from lab.compress.base import Identity
 from lab.compress.cast import HalfPrecision
 from lab.compress.fedzip import FedZip
 from lab.compress.fp4 import FP4E3M0
@@ -50,12 +51,6 @@ class Spec:
     needs: tuple = ()
 
 
-def _identity(**kw):
-    from lab.compress.base import Identity
-
-    return Identity()
-
-
 def _3sfc(*, ratio, dim, seed, model, unflatten, input_dim, num_classes, **_):
     if model is None or input_dim is None or num_classes is None:
         raise ValueError("compressor='3sfc' needs a classification model with a continuous input "
@@ -71,7 +66,7 @@ def _fedzip(*, ratio, dim, shapes, seed, **_):
 
 
 SPECS: tuple[Spec, ...] = (
-    Spec("none", _identity, "no compression: the fp32 vector, all-reduced", summable=True, chunked=False,
+    Spec("none", lambda **kw: Identity(), "no compression: the fp32 vector, all-reduced", summable=True, chunked=False,
          unbiased=True),
     Spec("fp16", lambda **kw: HalfPrecision("fp16"), "fp16 values (2 bytes each), all-reduced", summable=True,
          chunked=False),
@@ -129,12 +124,15 @@ def has_algorithms(name: str) -> bool:
 
 
 def describe_setting(config) -> str:
-    """How a run's compression reads in a chart label, e.g. 'topk r=0.1 EF' or 'int8'."""
+    """How a run's compression reads in a chart label, e.g. 'topk r=0.1 EF', 'int8' or 'int8 all_gather'
+    (the scope and the algorithm only when set away from their defaults)."""
     text = config.compressor
     if reads_ratio(config.compressor):
         text += f" r={config.compression_ratio:g}"
     if spec(config.compressor).scoped and getattr(config, "compress_scope", "layer") != "layer":
         text += f" {config.compress_scope}"
+    if has_algorithms(config.compressor) and getattr(config, "compress_algorithm", "auto") != "auto":
+        text += f" {config.compress_algorithm}"
     if config.compressor not in NO_FEEDBACK and config.error_feedback != "none":
         text += f" {config.error_feedback.upper()}"
     return text

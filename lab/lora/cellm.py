@@ -10,8 +10,9 @@ locally; what travels is sparse:
               `lab.compress.Channel` (with the config's `error_feedback`, per client)
     server:   u ← u + Σ_i w_i decode(C(u_i − ũ))
 
-Rank and density are chosen jointly (the abstract's point): at equal uplink
-bytes, a higher rank with sparser updates can beat a lower dense rank.
+The LoRA adapters sit on the pre-trained backbone (lab.pretrain). Rank and
+density are chosen jointly (the abstract's point): at equal uplink bytes, a
+higher rank with sparser updates can beat a lower dense rank.
 
 What is sent: top-k packets (k fp32 values with int32 indices or a bitmap,
 whichever is smaller, `lab.compress.topk`): uplink about 8·density·p bytes per
@@ -25,9 +26,9 @@ import math
 
 import torch
 
-from lab.knobs import Knob
 from lab.compress import Channel, TopK, make_feedback
 from lab.compress.base import serialize
+from lab.knobs import Knob
 from lab.lora.peft import PeftFederated
 from lab.technique import RoundResult
 
@@ -37,8 +38,10 @@ class CELLM(PeftFederated):
     label = "CELLM"
     reads = ("error_feedback", "econtrol_eta")
     knobs = {
-        "cellm_up_density": Knob(0.1, "fraction of the LoRA update each client sends", low=0.0, low_open=True, high=1.0),
-        "cellm_down_density": Knob(0.25, "fraction of the global LoRA change sent down", low=0.0, low_open=True, high=1.0),
+        "cellm_up_density": Knob(0.1, "fraction of the LoRA update each client sends", low=0.0, low_open=True,
+                                 high=1.0),
+        "cellm_down_density": Knob(0.25, "fraction of the global LoRA change sent down", low=0.0, low_open=True,
+                                   high=1.0),
     }
     mode = "lora"
 

@@ -12,6 +12,13 @@ trainables (the head) are averaged. Weights are stored out × in (nn.Linear),
 so R is added without the transpose the released code applies (right only for
 GPT-2's Conv1D; spec pitfall).
 
+Adapted weights: the query and value projections of the tiny GPT (the
+released code's target modules), every non-head weight of the MLP/CNN
+(lab.lora.peft); the frozen base is the pre-trained backbone (lab.pretrain).
+Measured (tests/test_pretrain.py): on the pre-trained tiny GPT, 3 clients,
+rank 4, 4 rounds of 8 steps, the eval loss is 4.3% above full fine-tuning's
+(`fedavg`, `pretrained='on'`) at 4.6% of its bytes.
+
 What is sent: uplink the client's LoRA factors and head (4p bytes; the server
 needs each client's factors, so they are gathered, not summed). Downlink: the
 global factors and head (4p), plus the base change a client lacks: the last

@@ -5,7 +5,11 @@ parameter-efficient subset P of a frozen backbone (`lab.lora.peft.PeftMap`):
 `peft_mode` = 'bias' (FedPEFT-Bias: biases + head), 'lora' (adapters: LoRA
 factors + head, standing in for FedPEFT-Adapter), 'head' (the classifier
 only), or 'full' (every parameter: the full fine-tuning baseline FedPEFT is
-compared with). The classifier head is always trained.
+compared with). A classifier head is always trained; a language model's
+output layer only in 'head' and 'full' (lab.lora.peft). The backbone is
+pre-trained on the other part of the data (lab.pretrain, `pretrained`), as
+FedPEFT fine-tunes a pre-trained foundation model; `fedavg` with
+`pretrained='on'` is full fine-tuning of the same backbone.
 
 Round: the server sends the global P to the sampled clients (downlink 4|P|
 bytes each), each trains P with plain SGD for its local steps, uploads it
@@ -23,5 +27,6 @@ class FedPEFT(PeftFederated):
     name = "fedpeft"
     label = "FedPEFT"
     knobs = {
-        "peft_mode": Knob("lora", "what clients train and send (the head always)", choices=("lora", "bias", "head", "full")),
+        "peft_mode": Knob("lora", "what clients train and send (and a classifier head)",
+                          choices=("lora", "bias", "head", "full")),
     }

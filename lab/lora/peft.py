@@ -34,9 +34,9 @@ from __future__ import annotations
 import math
 
 import torch
-from lab.knobs import Knob
 from torch.func import functional_call, grad_and_value, vmap
 
+from lab.knobs import Knob
 from lab.sync.faults import RoundPlan
 from lab.sync.federated import Federated, LocalTraining
 from lab.technique import RoundResult, TrainContext

@@ -11,6 +11,7 @@ techniques that change where experts live and where tokens go. Spec: shared/tech
   MoE: index slicing + one intra-node all-reduce), `fssdp` (Hecate: fully sharded sparse data parallelism).
 - `exflow`: ExFlow's inter-layer affinity, exact placement and context-coherent dispatch (an inference
   schedule, not a training technique).
+- `analysis`: the notebook's measurements at scale (all-to-all cost sweeps, routing traces, ScMoE timelines).
 """
 from lab.moe.ep import ExpertParallelTraining, ReplicatedTraining
 from lab.moe.fssdp import FSSDPTraining

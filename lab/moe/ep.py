@@ -70,19 +70,15 @@ class MoECluster:
 
     def evaluate(self, row: torch.Tensor, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         """Outputs of the full model `row` (dense, then every layer's W1, W2) on x (M, ...), single device."""
-        s, d = self.shape, self.layout.dim
-        dense = self.layout.unflatten(row[:d].unsqueeze(0))
-        w = row[d:].view(s.num_layers, s.num_experts, -1)
-        k = s.hidden * s.ffn
-        experts = [(w[l, :, :k].reshape(-1, s.hidden, s.ffn), w[l, :, k:].reshape(-1, s.ffn, s.hidden))
-                   for l in range(s.num_layers)]
+        from lab.moe.model import full_experts
         from lab.moe.layer import reference
 
+        dense, experts = full_experts(self.shape, row)
         outs = []
         with torch.no_grad():
             for i in range(0, x.shape[0], batch_size):
-                xb = x[i:i + batch_size].unsqueeze(0)
-                out, _, _ = forward(s, dense, xb, lambda l, t, r: reference(t, r, *experts[l]))
+                out, _, _ = forward(self.shape, dense, x[i:i + batch_size].unsqueeze(0),
+                                    lambda l, t, r: reference(t, r, *experts[l]))
                 outs.append(out[0])
         return torch.cat(outs)
 

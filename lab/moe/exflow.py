@@ -99,7 +99,7 @@ def balanced_assignments(num_experts: int, num_gpus: int) -> np.ndarray:
 
 def solve_placement(aff: np.ndarray, num_gpus: int, *, method: str = "auto", max_exhaustive: int = 3_000):
     """(L, E) GPU of every expert, maximizing same-GPU transitions (see the module doc)."""
-    layers, e = aff.shape[0] + 1, aff.shape[1]
+    e = aff.shape[1]
     if num_gpus < 1 or e % num_gpus:
         raise ValueError(f"num_gpus={num_gpus!r} is invalid: expected a divisor of num_experts={e}")
     if method not in ("auto", "exhaustive", "milp", "greedy"):
@@ -196,15 +196,16 @@ def _greedy(aff, num_gpus):
 
 
 # ---- the two schedules on a stack of MoE layers ------------------------------------------------------------
-def _layer(rows, slots, experts_l, hosts_of, ranks):
-    """rows (n, R, h) at the ranks that host their experts; slots (n, R) (-1 invalid) -> x + expert(LN(x))."""
+def _layer(rows, slots, weights, hosts_of, ranks):
+    """rows (n, R, h) at the ranks that host their experts; slots (n, R) (-1 invalid); weights (W1 (E, h, f),
+    W2 (E, f, h)) of the layer -> x + expert(LN(x))."""
     out = rows.clone()
     for i, rank in enumerate(ranks):
         for s, ex in enumerate(hosts_of[rank]):
             sel = slots[i] == s
             if sel.any():
                 x = rows[i, sel]
-                out[i, sel] = x + expert_ffn(F.layer_norm(x, x.shape[-1:]), *experts_l(ex))
+                out[i, sel] = x + expert_ffn(F.layer_norm(x, x.shape[-1:]), weights[0][ex], weights[1][ex])
     return out
 
 
@@ -233,8 +234,7 @@ def standard_forward(coll: Collective, x: torch.Tensor, trace: torch.Tensor, exp
         slot = torch.tensor([[table[int(e)][1] for e in row] for row in ex])
         plan = Plan(coll, dest, slot, num_slots=len(hosts[0]), tag=f"exflow{l}_dispatch")
         recv = plan.send(x)  # (n, P, cap, h)
-        got = _layer(recv.flatten(1, 2), plan.received_slots().flatten(1), lambda e: (experts[l][0][e], experts[l][1][e]),
-                     hosts, coll.ranks).view_as(recv)
+        got = _layer(recv.flatten(1, 2), plan.received_slots().flatten(1), experts[l], hosts, coll.ranks).view_as(recv)
         x = plan.send_back(got, tag=f"exflow{l}_combine")
     return x
 
@@ -269,7 +269,7 @@ def coherent_forward(coll: Collective, x: torch.Tensor, trace: torch.Tensor, exp
         slots = got_slots.gather(1, order)
         valid = slots >= 0
         if l < trace.shape[-1]:
-            rows = _layer(rows, slots, lambda e: (experts[l][0][e], experts[l][1][e]), hosts, coll.ranks)
+            rows = _layer(rows, slots, experts[l], hosts, coll.ranks)
     # home again: rows of rank i are its tokens, in whatever order they came back
     out = torch.zeros(n, t, h)
     for i, rank in enumerate(coll.ranks):

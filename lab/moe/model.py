@@ -191,3 +191,14 @@ def task_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(n, B, [T,] V) logits and targets -> (n,) mean cross-entropy per rank."""
     n, v = logits.shape[0], logits.shape[-1]
     return F.cross_entropy(logits.reshape(-1, v), y.reshape(-1), reduction="none").view(n, -1).mean(1)
+
+
+def full_experts(shape: MoEShape, row: torch.Tensor):
+    """A full model row (dense, then every layer's W1, W2) -> dense {name: (1, ...)} and [(W1, W2)] per layer."""
+    layout = DenseLayout(shape.dense_shapes())
+    d = layout.dim
+    w = row[d:].view(shape.num_layers, shape.num_experts, -1)
+    k = shape.hidden * shape.ffn
+    experts = [(w[l, :, :k].reshape(-1, shape.hidden, shape.ffn), w[l, :, k:].reshape(-1, shape.ffn, shape.hidden))
+               for l in range(shape.num_layers)]
+    return layout.unflatten(row[:d].unsqueeze(0)), experts

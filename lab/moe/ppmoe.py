@@ -94,7 +94,8 @@ class PPMoE(Strategy):
         w1, w2 = self._split(rows, self.per)[l]
         x = _AllReduceBackward.apply(tokens, self.coll, self.groups, f"{tag}_tokens_bwd")
         gate = _AllReduceBackward.apply(routing.gate, self.coll, self.groups, f"{tag}_gates_bwd")
-        partial = x * 0 + gate.sum() * 0 + (w1.sum() + w2.sum()) * 0  # zeros in the graph: every rank joins f's backward
+        # zeros that are in the graph: a rank with nothing to compute still joins f's backward all-reduce
+        partial = x * 0 + gate.sum() * 0 + (w1.sum() + w2.sum()) * 0
         load = []
         for i, rank in enumerate(self.coll.ranks):
             mine = self.experts_of(rank)

@@ -53,7 +53,7 @@ class Routing:
         """(n,) assignments past capacity on each rank."""
         return (~self.keep).sum(dim=(1, 2))
 
-    def row(self, i: int) -> "Routing":
+    def row(self, i: int) -> Routing:
         """The routing of local rank i alone (n = 1)."""
         return Routing(*(getattr(self, f)[i:i + 1] if f != "capacity" else self.capacity
                          for f in self.__dataclass_fields__))
@@ -79,7 +79,8 @@ def route(logits: torch.Tensor, *, top_k: int, capacity_factor: float = 0.0,
     if not 1 <= top_k <= e:
         raise ValueError(f"top_k={top_k!r} is invalid: expected 1..{e} (the number of experts)")
     if capacity_factor < 0 or not math.isfinite(capacity_factor):
-        raise ValueError(f"capacity_factor={capacity_factor!r} is invalid: expected a finite number >= 0 (0 = dropless)")
+        raise ValueError(f"capacity_factor={capacity_factor!r} is invalid: expected a finite number >= 0 "
+                         "(0 = dropless)")
     probs = torch.softmax(logits.float(), dim=-1)  # (n, T, E)
     score = probs.detach() if bias is None else probs.detach() + bias
     expert = score.topk(top_k, dim=-1).indices  # (n, T, k)

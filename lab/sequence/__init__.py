@@ -12,6 +12,7 @@ Spec: shared/techniques/sharding_and_topology.md §B2–§B9 (and §A5, §A8 for
 - `cost`: each method's schedule and its bytes, communication, compute and simulated time at any size.
 - `memory`: activation bytes per rank (for the planner), checked against the tiny GPT's saved tensors.
 - `gpt`: the tiny GPT with its context split over ranks; `technique`: the `sequence_parallel` technique.
+- `report`: the notebook's exactness and reference tables; `distributed_run`: every method on gloo processes.
 """
 from lab.sequence.attention import METHODS, sp_attention
 from lab.sequence.memory import activation_bytes

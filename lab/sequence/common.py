@@ -133,8 +133,9 @@ def check_inputs(q, k, v, collective) -> None:
             raise ValueError(f"{name} has {t.shape[0]} rows: expected one per local rank ({collective.num_local})")
         if not torch.isfinite(t).all():
             raise ValueError(f"{name} holds NaN or inf: expected finite values")
-    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not fit together")
+    if k.shape != v.shape or q.shape[:3] != k.shape[:3] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not fit together: expected "
+                         "the same (n, B, H, ·, Dh) (multi-head attention; repeat grouped K/V heads first)")
 
 
 class SPAttention(torch.autograd.Function):

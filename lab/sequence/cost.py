@@ -155,7 +155,8 @@ def layer_schedule(method: str, *, batch: int, seq: int, heads: int, head_dim: i
         allk = [[iv for t in tok for iv in t]]
         work = pair_counts(tok, allk, causal=causal)[:, 0]
         kv = 2 * b * hk * c * head_dim * e
-        gather = ("reduce_scatter", groups, g * 2 * b * hk * c * head_dim * 4) if backward else ("all_gather", groups, kv)
+        gather = (("reduce_scatter", groups, g * 2 * b * hk * c * head_dim * 4) if backward
+                  else ("all_gather", groups, kv))
         comp = Stage("lss attention", [], flops_at(work * b * heads * fpp))
         return [comp, Stage("lss reduce-scatter dK/dV", [gather])] if backward else [
             Stage("lss all-gather K/V", [gather]), comp]

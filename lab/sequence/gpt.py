@@ -89,8 +89,10 @@ def sp_plan(collective, *, method: str, layout: str, groups, tag: str = "sp"):
 
 
 def gpt_sp_loss(model_or_cluster, x, y, *, collective, method: str, layout: str = "contiguous", groups=None):
-    """Convenience for tests and notebooks: the full-batch loss of token ids x, y (B, T) computed with the
-    context split over `collective.world_size` ranks (one SP group), and the per-rank shares."""
+    """For tests and notebooks: token ids x, y (B, T) with the context split over the ranks of `groups` (default
+    one SP group of every rank), every group holding the same batch. Returns (per-rank loss shares (n,),
+    differentiable — a group's shares sum to the single-device mean loss — and the Cluster whose `params`
+    they depend on)."""
     from lab.cluster import Cluster
 
     cluster = model_or_cluster if isinstance(model_or_cluster, Cluster) else Cluster(

@@ -51,9 +51,9 @@ def activation_bytes(*, batch: int, seq: int, hidden: int, layers: int, heads: i
 def measured_activation_bytes(model, x, y, *, collective, method: str, layout: str = "contiguous") -> float:
     """Bytes autograd saves per rank for the SP loss of TinyGPT `model` on token ids x, y (B, T) split over
     `collective.world_size` ranks: distinct storages, parameters and scalars excluded."""
-    from lab.cluster import Cluster
     import torch.nn.functional as F
 
+    from lab.cluster import Cluster
     from lab.sequence.gpt import sp_losses, sp_plan, split_batch
 
     g = collective.world_size

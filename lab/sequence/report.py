@@ -123,5 +123,5 @@ def reference_losses(config) -> list[float]:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        out.append(float(loss))
+        out.append(loss.item())
     return out

@@ -110,18 +110,13 @@ class USP:
     label = "USP (Ulysses × Ring)"
 
     @staticmethod
-    def _positions(plan, a2a, c):
-        seg = {r: _segment_pos(plan, grp, c) for grp in a2a for r in grp}
-        return seg
-
-    @staticmethod
     def forward(plan, q, k, v):
         c = q.shape[-2]
         groups, ring, a2a = usp_layout(plan)
         _check_heads(q.shape[2], len(a2a[0]), "usp")
         tag = f"{plan.tag}.usp"
         qkv = to_heads(plan.collective, torch.stack([q, k, v], dim=1), groups, tag=f"{tag}.fwd.qkv")
-        seg = USP._positions(plan, a2a, c)
+        seg = {r: _segment_pos(plan, grp, c) for grp in a2a for r in grp}
         q_pos = torch.stack([seg[r] for r in plan.collective.ranks])
         out_h, lse_h = ring_forward(plan, qkv[:, 0], qkv[:, 1], qkv[:, 2], ring=ring, q_pos=q_pos,
                                     kv_pos=seg.__getitem__, tag="usp.ring")
@@ -135,7 +130,7 @@ class USP:
         groups, ring, a2a = usp_layout(plan)
         tag = f"{plan.tag}.usp"
         d_h = to_heads(plan.collective, d_out.unsqueeze(1), groups, tag=f"{tag}.bwd.dout")[:, 0]
-        seg = USP._positions(plan, a2a, c)
+        seg = {r: _segment_pos(plan, grp, c) for grp in a2a for r in grp}
         q_pos = torch.stack([seg[r] for r in plan.collective.ranks])
         grads = ring_backward(plan, qkv[:, 0], qkv[:, 1], qkv[:, 2], out_h, lse_h, d_h, ring=ring, q_pos=q_pos,
                               kv_pos=seg.__getitem__, tag="usp.ring")

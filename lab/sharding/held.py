@@ -7,16 +7,19 @@ model: nothing in `lab/` imports this module.
 from __future__ import annotations
 
 from lab.experiment import build_context
-from lab.sharding.zero import ZeRO
+from lab.registry import technique as technique_class
+from lab.sharding.options import degree, reads_sharding
 
 
 def held_memory(config) -> tuple[dict[str, int], int]:
-    """Set up `config` (technique 'zero'), take one step, and return what each rank holds by category
-    (`ZeRO.memory`) and the model's parameter count."""
-    if config.technique != "zero":
-        raise ValueError(f"technique={config.technique!r} is invalid here: held_memory measures 'zero'")
+    """Set up `config` (technique 'zero', or a sync technique sharded inside its replicas: lab.sync.sharded),
+    take one step, and return what each rank holds by category (`.memory`; composed runs add 'sync', the
+    technique's sync state on its shard) and the model's parameter count."""
+    if not (reads_sharding(config) and (config.technique == "zero" or degree(config) > 1)):
+        raise ValueError(f"technique={config.technique!r} is invalid here: held_memory measures 'zero' or a "
+                         "technique with sharding_degree > 1")
     ctx, _ = build_context(config.replace(steps=1))
-    technique = ZeRO(config)
+    technique = technique_class(config.technique)(config)
     technique.setup(ctx)
     technique.round(ctx)
     return technique.memory, ctx.cluster.dim

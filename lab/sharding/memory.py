@@ -11,7 +11,9 @@ element of each state, `memory_per_rank` returns the bytes one rank holds:
   secondary partition b_p·Ψ/H;
 - transient: the full gradient of one unit (or reduce bucket) before it is
   reduce-scattered, b_g·bucket, when gradients are sharded;
-- activations: Korthikanti et al. 2022 (`activation_bytes`).
+- activations: Korthikanti et al. 2022 (`activation_bytes`), per rank under sequence parallelism
+  (degree and method), for a storage profile (`ActivationProfile`: the paper's bf16 with dropout, or the
+  lab's fp32 TinyGPT, held to its saved tensors).
 
 ZeRO stage s shards optimizer states (s ≥ 1), gradients (s ≥ 2) and parameters
 (s = 3) over S ranks (`Partition.zero`); the Frontier scheme sets each state's
@@ -300,33 +302,81 @@ def lab_peak(num_params: int, stage: int, sharding_degree: int, *, optimizer: st
 
 # ---- activations --------------------------------------------------------------------------------------------
 RECOMPUTE = ("none", "selective", "full")
+#: sequence-parallel methods the memory model and the planner know (lab.sequence; LASP is linear attention)
+SP_METHODS = ("ring", "token_ring", "burst", "ulysses", "usp", "lss")
+
+
+@dataclass(frozen=True)
+class ActivationProfile:
+    """How a training implementation stores activations: bytes per value, 1-byte dropout masks and the
+    dropout outputs, fp32 mean and rstd of every LayerNorm, a bool (s, s) causal mask per layer."""
+
+    name: str
+    value: int = 2
+    dropout: bool = True
+    norm_stats: bool = False
+    causal_mask: bool = False
+
+
+KORTHIKANTI = ActivationProfile("bf16 with dropout (Korthikanti et al. 2022)")
+#: the lab's TinyGPT (lab.models): fp32, no dropout, explicit causal softmax attention (tests/test_planner_axes.py
+#: holds this profile to the tensors autograd saves, per layer)
+LAB_GPT = ActivationProfile("lab fp32 TinyGPT", value=4, dropout=False, norm_stats=True, causal_mask=True)
 
 
 def activation_bytes(shape: ModelShape, *, micro_batch: int = 1, seq_len: int | None = None,
-                     recompute: str = "selective") -> float:
-    """Activation memory of one micro-batch through every layer (Korthikanti et al. 2022, "Reducing
-    Activation Recomputation in Large Transformer Models", §4, with tensor parallel size 1).
+                     recompute: str = "selective", sp_degree: int = 1, sp_method: str = "ulysses",
+                     profile: ActivationProfile = KORTHIKANTI) -> float:
+    """Activation memory of one micro-batch through every layer on one rank (Korthikanti et al. 2022,
+    "Reducing Activation Recomputation in Large Transformer Models", §4, with tensor parallel size 1),
+    with the sequence split over `sp_degree` ranks.
 
-    Per layer, for s tokens of micro-batch b, hidden h, a heads, 16-bit values and 1-byte dropout masks:
-    attention 7sbh + 4sb·h_kv + 5as²b, MLP 3sbh + c·sbf·k (c = 4 for GELU, 6 for SwiGLU; k experts per
-    token), two norms 4sbh. For GPT-style blocks (h_kv = h, f = 4h, GELU) this is the paper's
-    sbh(34 + 5as/h). Selective recomputation drops the 5as²b of the attention core; full recomputation
-    keeps only each layer's input, 2sbh. Embedding and loss terms are left out, as in the paper. The
-    GQA and SwiGLU/MoE terms count the same stored tensors as the paper does; they are this lab's
-    generalization, not the paper's formula.
+    Per layer and token, with v bytes per value (profile.value), hidden h, h_kv = K/V width, f the MLP
+    width, k experts per token, a heads, s tokens:
+    attention v(3h + 2h_kv) (QKV input, Q, K, V, output-projection input) [+ h dropout mask],
+    MLP v·h + v·c·f·k (c = 2 values for GELU, 3 for SwiGLU) [+ h dropout mask], two norms 2vh
+    [+ 16 bytes of fp32 statistics], and unless recomputed the attention core: the softmax output a·s·v
+    [+ a·s mask and a·s·v dropout output]. With the default profile (v = 2, dropout) and GPT blocks
+    (h_kv = h, f = 4h, GELU) this is the paper's sbh(34 + 5as/h). Selective recomputation drops the core;
+    full recomputation keeps only each layer's input, v·h per token. Embedding and loss terms are left out,
+    as in the paper. The GQA and SwiGLU/MoE terms count the same stored tensors as the paper does; they
+    are this lab's generalization, not the paper's formula.
+
+    Sequence parallelism over G ranks (`sp_degree`, `sp_method`, lab.sequence): every per-token term falls
+    to s/G tokens, and the core to a·(s/G)·s (local queries against every key, or a/G heads of the whole
+    sequence for Ulysses: the same count). The methods' own buffers [RECON, the lab's model]: LSS keeps
+    the gathered K and V of the whole sequence in every layer, 2·s·h_kv·v; ring-style methods (ring,
+    token_ring, burst) hold two K/V blocks in flight, 4·(s/G)·h_kv·v, and Ulysses / USP their all-to-all
+    buffers, 2·(s/G)·(h + 2h_kv)·v — both transient, counted once, not per layer.
     """
     if recompute not in RECOMPUTE:
         raise ValueError(f"recompute={recompute!r} is invalid: expected one of {list(RECOMPUTE)}")
+    if isinstance(sp_degree, bool) or not isinstance(sp_degree, int) or sp_degree < 1:
+        raise ValueError(f"sp_degree={sp_degree!r} is invalid: expected an integer >= 1")
+    if sp_method not in SP_METHODS:
+        raise ValueError(f"sp_method={sp_method!r} is invalid: expected one of {list(SP_METHODS)}")
     if not shape.num_layers:
         return 0.0
     s = seq_len or shape.seq_len
-    b, h, a, f = micro_batch, shape.hidden, shape.heads, shape.ffn
-    sbh = s * b * h
+    if s % sp_degree:
+        raise ValueError(f"sp_degree={sp_degree!r} is invalid: it must divide the sequence length {s}")
+    pr, g = profile, sp_degree
+    b, h, a, f, kv, v = micro_batch, shape.hidden, shape.heads, shape.ffn, shape.kv_dim, pr.value
+    tok = b * s // g  # tokens on this rank
+    mask = 1 if pr.dropout else 0
     if recompute == "full":
-        return float(shape.num_layers * 2 * sbh)
-    mlp_c = 4 if shape.style == "gpt2" else 6
-    attn = 7 * sbh + 4 * s * b * shape.kv_dim  # QKV input, Q, K, V, output-projection input, dropout mask
-    mlp = 3 * sbh + mlp_c * s * b * f * shape.top_k  # input, dropout mask; hidden activations per expert
-    norms = 4 * sbh
-    core = 0 if recompute == "selective" else 5 * a * s * s * b  # softmax output, its mask, dropout output
-    return float(shape.num_layers * (attn + mlp + norms + core))
+        per_layer = tok * v * h
+    else:
+        act = 2 if shape.style == "gpt2" else 3  # GELU: its input and output; SwiGLU: gate, up, product
+        attn = tok * (v * (3 * h + 2 * kv) + mask * h)
+        mlp = tok * (v * h + mask * h + v * act * f * shape.top_k)
+        norms = tok * (2 * v * h + (16 if pr.norm_stats else 0))
+        core = 0 if recompute == "selective" else tok * a * s * (v + mask * (1 + v))
+        per_layer = attn + mlp + norms + core + (s * s // g if pr.causal_mask else 0)
+    if g > 1 and sp_method == "lss" and recompute != "full":
+        per_layer += 2 * b * s * kv * v
+    transient = 0
+    if g > 1:
+        transient = 4 * tok * kv * v if sp_method in ("ring", "token_ring", "burst") else (
+            2 * tok * (h + 2 * kv) * v if sp_method in ("ulysses", "usp") else 0)
+    return float(shape.num_layers * per_layer + transient)

@@ -55,8 +55,8 @@ def parse_zeropp(value: str) -> frozenset[str]:
 
 def check(c, bad) -> None:
     if c.sharding_degree and c.num_workers % c.sharding_degree:
-        bad("sharding_degree", c.sharding_degree, f"0 (all workers) or a divisor of num_workers={c.num_workers}: "
-            f"{divisors(c.num_workers)}")
+        bad("sharding_degree", c.sharding_degree, f"0 (the technique's default) or a divisor of num_workers="
+            f"{c.num_workers}: {divisors(c.num_workers)}")
     if c.hpz_size and c.num_workers % c.hpz_size:
         bad("hpz_size", c.hpz_size, f"0 (ranks per node) or a divisor of num_workers={c.num_workers}: "
             f"{divisors(c.num_workers)}")
@@ -87,10 +87,9 @@ def check_composed(c, bad) -> None:
     s, p = degree(c), c.num_workers
     if s == 1:
         return
-    if s == p:
-        bad("sharding_degree", c.sharding_degree, f"0 (no sharding) or a divisor of num_workers={p} below it "
-            f"{divisors(p)[:-1]}: S = {p} leaves one replica and nothing for {c.technique} to sync across "
-            "(technique='zero' trains one sharded replica)")
+    if s == p and c.compressor != "none":
+        bad("compressor", c.compressor, f"'none' with sharding_degree={s} = num_workers (one replica: nothing "
+            "crosses replicas to compress)")
     t = topo.preset(c.topology, p)
     if t.star:
         bad("sharding_degree", c.sharding_degree, f"1 on topology={c.topology!r} (a federated star has no links "

@@ -66,14 +66,32 @@ class ZeRO(Technique):
     #: reads the sharding knobs at any S (S = 1 is DDP through the sharded code path)
     shards_always = True
     knobs = {
-        "zero_stage": Knob(3, "model states sharded: 1 optimizer states, 2 + gradients, 3 + parameters", choices=(1, 2, 3),
-                           read_when=reads_sharding, why=_SHARDED, probe_with={"sharding_degree": 2}),
-        "sharding_degree": Knob(0, "ranks sharing one copy of the model state, S (a divisor of num_workers; S < num_workers replicates it R = num_workers/S times; 0 = the technique's default: all workers for zero, no sharding (1) for the sync techniques that compose with it: ddp, local_sgd, qsr, diloco, streaming_diloco shard inside each of the R replicas and sync across them, lab.sync.sharded)", low=0, high=100_000, probe=2),
-        "zeropp": Knob("none", "zero stage 3: ZeRO++ options, 'none' or a '+'-joined subset of qwz (int8 weight gather), hpz (node-local secondary weights), qgz (int4 2-hop gradient reduction; zero only)", probe="qwz", read_when=reads_sharding, why=_SHARDED, probe_with={"sharding_degree": 2}),
-        "hpz_size": Knob(0, "ranks per secondary-partition group (0 = ranks per node; composed with a sync technique: its gcd with sharding_degree, so the group stays in one replica)", low=0, high=100_000, read_when=lambda c: reads_sharding(c) and "hpz" in c.zeropp, why="only zeropp with 'hpz' reads it", probe_with={"zeropp": "hpz", "sharding_degree": 2}),
-        "quant_block": Knob(256, "values per fp32 scale in block-wise quantization", low=1, high=2**24, read_when=lambda c: reads_sharding(c) and ("qwz" in c.zeropp or "qgz" in c.zeropp), why="only zeropp with 'qwz' or 'qgz' reads it", probe_with={"zeropp": "qwz", "sharding_degree": 2}),
-        "reduce_levels": Knob("flat", "zero (sharding_degree = all): gradient reduction: one reduce-scatter, or hierarchical all-to-alls by node (ZeRO++'s 2 hops) or by die, GPU and node (Frontier's 3)", choices=("flat", "node", "die+node")),
-        "dies_per_gpu": Knob(2, "ranks per GPU (a divisor of the ranks per node)", low=1, high=1024, read_when=lambda c: c.reduce_levels == "die+node", why="only reduce_levels='die+node' reads it", probe_with={"reduce_levels": "die+node"}),
+        "zero_stage": Knob(3, "model states sharded: 1 optimizer states, 2 + gradients, 3 + parameters",
+                           choices=(1, 2, 3), read_when=reads_sharding, why=_SHARDED,
+                           probe_with={"sharding_degree": 2}),
+        "sharding_degree": Knob(0, "ranks sharing one copy of the model state, S (a divisor of num_workers; S < "
+                                "num_workers replicates it R = num_workers/S times; 0 = the technique's default: "
+                                "all workers for zero, no sharding (1) for the sync techniques that compose with "
+                                "it: ddp, local_sgd, qsr, diloco, streaming_diloco shard inside each of the R "
+                                "replicas and sync across them, lab.sync.sharded)", low=0, high=100_000, probe=2),
+        "zeropp": Knob("none", "zero stage 3: ZeRO++ options, 'none' or a '+'-joined subset of qwz (int8 weight "
+                       "gather), hpz (node-local secondary weights), qgz (int4 2-hop gradient reduction; zero only)",
+                       probe="qwz", read_when=reads_sharding, why=_SHARDED, probe_with={"sharding_degree": 2}),
+        "hpz_size": Knob(0, "ranks per secondary-partition group (0 = ranks per node; composed with a sync "
+                         "technique: its gcd with sharding_degree, so the group stays in one replica)", low=0,
+                         high=100_000, read_when=lambda c: reads_sharding(c) and "hpz" in c.zeropp,
+                         why="only zeropp with 'hpz' reads it", probe_with={"zeropp": "hpz", "sharding_degree": 2}),
+        "quant_block": Knob(256, "values per fp32 scale in block-wise quantization", low=1, high=2**24,
+                            read_when=lambda c: reads_sharding(c) and ("qwz" in c.zeropp or "qgz" in c.zeropp),
+                            why="only zeropp with 'qwz' or 'qgz' reads it",
+                            probe_with={"zeropp": "qwz", "sharding_degree": 2}),
+        "reduce_levels": Knob("flat", "zero (sharding_degree = all): gradient reduction: one reduce-scatter, or "
+                              "hierarchical all-to-alls by node (ZeRO++'s 2 hops) or by die, GPU and node "
+                              "(Frontier's 3)", choices=("flat", "node", "die+node")),
+        "dies_per_gpu": Knob(2, "ranks per GPU (a divisor of the ranks per node)", low=1, high=1024,
+                             read_when=lambda c: c.reduce_levels == "die+node",
+                             why="only reduce_levels='die+node' reads it",
+                             probe_with={"reduce_levels": "die+node"}),
     }
 
     @classmethod

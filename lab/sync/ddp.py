@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import torch
 
-from lab.knobs import Knob
 from lab.compress import make_channel
+from lab.knobs import Knob
 from lab.sharding.options import degree
 from lab.sync.sharded import Sharded
 from lab.technique import LOCAL_OPTIMIZER, RoundResult, TrainContext
@@ -44,7 +44,9 @@ class DDP(Sharded):
     knobs = {
         "overlap": Knob(False, "bucketed gradient all-reduce overlaps the backward pass on the simulated clock",
                         read_when=lambda c: degree(c) == 1, why="a sharded step (sharding_degree > 1) is not bucketed"),
-        "num_buckets": Knob(4, "gradient buckets, each all-reduced when its backward slice is done", low=1, high=10_000, read_when=lambda c: c.overlap, why="only overlap=True reads it", probe_with={"overlap": True}),
+        "num_buckets": Knob(4, "gradient buckets, each all-reduced when its backward slice is done", low=1,
+                            high=10_000, read_when=lambda c: c.overlap, why="only overlap=True reads it",
+                            probe_with={"overlap": True}),
     }
 
     def setup(self, ctx: TrainContext) -> None:

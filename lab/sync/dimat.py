@@ -21,7 +21,7 @@ Round (the authors' order: merge, then train):
 
 Agents start from independently pre-trained models, as DIMAT merges agents that
 were pre-trained first: with `pretrained` (lab.pretrain; 'auto' does) agent r
-starts from the backbone pre-trained with its own seed (seed·1000 + 1 + r) on
+starts from the backbone pre-trained with its own seed (seed + 1,000,003·r) on
 the pre-training part (digits 0–4) and fine-tunes on the other (5–9);
 otherwise from independent random initialisations.
 
@@ -178,12 +178,19 @@ def merge(cluster, own: torch.Tensor, others: list[torch.Tensor], weights: list[
     return out
 
 
+def agent_seed(seed: int, agent: int) -> int:
+    """The seed of agent `agent`'s own initialisation and pre-training (agent 0: the run's seed, whose backbone
+    the run loads anyway)."""
+    return seed + 1_000_003 * agent
+
+
 class DIMAT(PeriodicSync):
     name = "dimat"
     label = "DIMAT"
     sync_first = True  # the authors' order: merge, then train (the round is lab.sync.periodic's)
     knobs = {
-        "dimat_matching": Knob("activation", "align neighbours' neurons before merging, or plain averaging", choices=("activation", "none")),
+        "dimat_matching": Knob("activation", "align neighbours' neurons before merging, or plain averaging",
+                               choices=("activation", "none")),
         "dimat_graph": Knob("ring", "agents' communication graph", choices=("ring", "full")),
     }
     #: DIMAT merges agents that were pre-trained first: with pretrained='auto' they start from backbones
@@ -201,7 +208,7 @@ class DIMAT(PeriodicSync):
         layers_of(cl)
         backbone = pretrain.uses_backbone(c, type(self))
         for row, r in enumerate(cl.ranks):  # independently pre-trained (or initialised) agents
-            seed = c.seed * 1_000 + 1 + r
+            seed = agent_seed(c.seed, r)
             if backbone:
                 cl.set_rows(pretrain.flat(cl.model, pretrain.backbone(c, seed=seed)), [row])
                 continue

@@ -102,15 +102,21 @@ class ClientFaults:
         if not 0 <= num_byzantine < max(num_clients, 1) and num_byzantine:
             raise ValueError(f"byzantine_clients={num_byzantine!r} is invalid: expected 0..{num_clients - 1}")
         self.num_clients, self.seed = num_clients, seed
-        self.dropout_prob, self.straggler_prob, self.straggler_slowdown = dropout_prob, straggler_prob, straggler_slowdown
+        self.dropout_prob, self.straggler_prob = dropout_prob, straggler_prob
+        self.straggler_slowdown = straggler_slowdown
         self.deadline, self.stop_round, self.return_round = deadline, stop_round, return_round
         self.join_round, self.fail_prob, self.byzantine_scale = join_round, fail_prob, byzantine_scale
         g = torch.Generator().manual_seed(seed * 7_919 + 424_242)
-        self.stopping = set(torch.randperm(num_clients, generator=g)[:num_stop].tolist())
-        self.byzantine = set(torch.randperm(num_clients, generator=g)[:num_byzantine].tolist())
-        others = [c for c in torch.randperm(num_clients, generator=torch.Generator().manual_seed(seed * 7_919 + 99))
-                  .tolist() if c not in self.stopping]
-        self.joining = set(others[:num_join])
+        stopping = torch.randperm(num_clients, generator=g)[:num_stop]
+        byzantine = torch.randperm(num_clients, generator=g)[:num_byzantine]
+        #: (N,) bool masks of who stops, flips signs, joins late: the per-round work is whole-tensor operations
+        self.is_stopping, self.is_byzantine, self.is_joining = (torch.zeros(num_clients, dtype=torch.bool)
+                                                                for _ in range(3))
+        self.is_stopping[stopping], self.is_byzantine[byzantine] = True, True
+        others = torch.randperm(num_clients, generator=torch.Generator().manual_seed(seed * 7_919 + 99))
+        self.is_joining[others[~self.is_stopping[others]][:num_join]] = True
+        self.stopping, self.byzantine, self.joining = (set(m.nonzero().flatten().tolist()) for m in
+                                                       (self.is_stopping, self.is_byzantine, self.is_joining))
 
     @classmethod
     def from_config(cls, c, num_clients: int | None = None) -> ClientFaults:
@@ -134,7 +140,16 @@ class ClientFaults:
 
     def members(self, round_index: int) -> list[int]:
         """The clients a server knows in round `round_index` (those that have joined; it cannot know who left)."""
-        return [c for c in range(self.num_clients) if self.joined(c, round_index)]
+        return self.member_mask(round_index).nonzero().flatten().tolist()
+
+    def member_mask(self, round_index: int) -> torch.Tensor:
+        """(N,) bool: `joined` for every client at once."""
+        return ~self.is_joining if round_index < self.join_round else torch.ones(self.num_clients, dtype=torch.bool)
+
+    def alive_mask(self, round_index: int) -> torch.Tensor:
+        """(N,) bool: `alive` for every client at once."""
+        away = self.stop_round <= round_index and not (self.return_round and round_index >= self.return_round)
+        return self.member_mask(round_index) & ~self.is_stopping if away else self.member_mask(round_index)
 
     # ---- per-round draws -----------------------------------------------------------------------------
     def draws(self, round_index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,51 +165,59 @@ class ClientFaults:
         g = torch.Generator().manual_seed(self.seed * 1_000_037 + round_index * 53 + 29)
         return torch.rand(self.num_clients, generator=g, dtype=torch.float64) < self.fail_prob
 
-    def finish_times(self, sampled: list[int], *, round_index: int, steps: dict[int, int],
-                     step_seconds: float) -> tuple[dict[int, float], list[int], list[int], float]:
-        """When each sampled client's upload arrives: ({client: seconds (inf if it never does)}, announced
-        dropouts, clients that failed during the round, the deadline in seconds (inf without one)).
-        `steps[c]` is client c's local steps."""
+    def arrivals(self, sampled, *, round_index: int, steps, step_seconds: float):
+        """When each sampled client's upload arrives, for all of them at once: (sampled (S,) long, seconds (S,)
+        float64 — inf for a client that never answers, announced dropouts (S,) bool, failures during the round
+        (S,) bool, the deadline in seconds (inf without one)). `steps`: the clients' local steps, a (S,) sequence
+        in the order of `sampled` or a dict {client: steps}."""
+        sampled = torch.as_tensor(sampled, dtype=torch.long).reshape(-1)
+        if isinstance(steps, dict):
+            steps = [steps[c] for c in sampled.tolist()]
+        nominal = torch.as_tensor(steps, dtype=torch.float64).reshape(-1) * step_seconds  # (S,) without faults
         dropped_draw, straggling = self.draws(round_index)
-        failing = self.fails(round_index)
-        nominal = max((steps[c] * step_seconds for c in sampled), default=0.0)
-        deadline_s = self.deadline * nominal if self.deadline else math.inf
-        finish, dropped, failed = {}, [], []
-        for c in sampled:
-            if not self.alive(c, round_index):
-                finish[c] = math.inf
-            elif dropped_draw[c]:
-                dropped.append(c)
-            elif failing[c]:
-                failed.append(c)
-                finish[c] = math.inf
-            else:
-                finish[c] = steps[c] * step_seconds * (self.straggler_slowdown if straggling[c] else 1.0)
-        return finish, dropped, failed, deadline_s
+        alive = self.alive_mask(round_index)[sampled]
+        dropped = alive & dropped_draw[sampled]
+        failed = alive & ~dropped & self.fails(round_index)[sampled]
+        slowdown = torch.ones(len(sampled), dtype=torch.float64)
+        slowdown[straggling[sampled]] = self.straggler_slowdown
+        seconds = torch.where(alive & ~dropped & ~failed, nominal * slowdown, math.inf)  # (S,)
+        longest = float(nominal.max()) if len(sampled) else 0.0  # the round's nominal compute time
+        deadline_s = self.deadline * longest if self.deadline else math.inf
+        return sampled, seconds, dropped, failed, deadline_s
 
-    def plan(self, sampled: list[int], *, round_index: int, steps: dict[int, int], step_seconds: float) -> RoundPlan:
+    def finish_times(self, sampled: list[int], *, round_index: int, steps,
+                     step_seconds: float) -> tuple[dict[int, float], list[int], list[int], float]:
+        """`arrivals` as ({client: seconds (inf if it never answers)} without the announced dropouts, announced
+        dropouts, clients that failed during the round, the deadline in seconds (inf without one))."""
+        sampled, seconds, dropped, failed, deadline_s = self.arrivals(sampled, round_index=round_index, steps=steps,
+                                                                      step_seconds=step_seconds)
+        finish = dict(zip(sampled[~dropped].tolist(), seconds[~dropped].tolist()))
+        return finish, sampled[dropped].tolist(), sampled[failed].tolist(), deadline_s
+
+    def plan(self, sampled, *, round_index: int, steps, step_seconds: float) -> RoundPlan:
         """Who of `sampled` takes part in round `round_index` when the server waits for all of them (or
-        the deadline)."""
-        finish, dropped, failed, deadline_s = self.finish_times(sampled, round_index=round_index, steps=steps,
-                                                                step_seconds=step_seconds)
-        plan = RoundPlan(round_index, list(sampled), [], dropped=dropped, failed=failed)
-        for c, t in finish.items():
-            if t == math.inf:
-                if c not in failed:
-                    plan.silent.append(c)
-            else:
-                (plan.participants if t <= deadline_s else plan.late).append(c)
+        the deadline). `steps` as in `arrivals`."""
+        ids_, seconds, dropped, failed, deadline_s = self.arrivals(sampled, round_index=round_index, steps=steps,
+                                                                   step_seconds=step_seconds)
+        silent = seconds.isinf() & ~dropped & ~failed  # gone: never answer
+        answers = ~seconds.isinf()
+        on_time = answers & (seconds <= deadline_s)
+        plan = RoundPlan(round_index, ids_.tolist(), ids_[on_time].tolist(), dropped=ids_[dropped].tolist(),
+                         late=ids_[answers & ~on_time].tolist(), silent=ids_[silent].tolist(),
+                         failed=ids_[failed].tolist())
         plan.stalled = bool(plan.silent or plan.failed) and not self.deadline
         waited_for_deadline = bool(plan.late or plan.silent or plan.failed)
-        plan.seconds = deadline_s if waited_for_deadline and self.deadline else max(
-            (finish[c] for c in plan.participants), default=0.0)
+        plan.seconds = deadline_s if waited_for_deadline and self.deadline else (
+            float(seconds[on_time].max()) if plan.participants else 0.0)
         return plan
 
     def flip(self, rows: torch.Tensor, reference: torch.Tensor, clients: list[int]) -> torch.Tensor:
         """Sign-flipping attack on uploads: rows (k, d) of `clients`; Byzantine ones become
         reference − scale·(row − reference). Honest rows are returned unchanged."""
-        bad = [i for i, c in enumerate(clients) if c in self.byzantine]
-        if not bad:
+        if not self.byzantine:
+            return rows
+        bad = self.is_byzantine[torch.as_tensor(clients, dtype=torch.long)].to(rows.device)  # (k,)
+        if not bool(bad.any()):
             return rows
         out = rows.clone()
         out[bad] = reference - self.byzantine_scale * (rows[bad] - reference)

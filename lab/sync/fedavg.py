@@ -75,9 +75,17 @@ class FedAvg(Federated):
             return
         # compressed uplink: clients send their update y_i − x through the channel (error feedback kept per
         # client, only for those taking part); the server adds the decoded weighted average to x
-        active = torch.tensor([r in clients for r in ctx.cluster.ranks])  # (n,)
+        active = torch.zeros(ctx.cluster.num_local, dtype=torch.bool)  # (n,) the rows of clients taking part
+        active[ctx.cluster.rows_of(clients)[1]] = True
         delta = (uploads - self.global_row) * active.unsqueeze(1)  # (n, d) zero rows for absent clients
         self.channel.set_reference(self.global_row)
         update = self.channel.server_reduce(delta, ctx.collective, weights=weights, ranks=clients, active=active,
                                             tag="update")
         self.global_row = (self.global_row + update).to(self.global_row.dtype)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "channel": self.channel.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.channel.load_state_dict(state["channel"])

@@ -21,24 +21,30 @@ client over its steps (SCAFFOLD's control variate, robust to momentum).
 """
 from __future__ import annotations
 
-import math
-from lab.knobs import Knob, bad
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
+from lab.knobs import Knob, bad
 from lab.sync.faults import ClientFaults, RoundPlan
 from lab.technique import RoundResult, Technique, TrainContext
 
 
 def sample_clients(num_clients: int, fraction: float, *, seed: int, round_index: int,
-                   population: list[int] | None = None) -> list[int]:
+                   population=None) -> list[int]:
     """S = max(1, round(C·M)) of the M clients in `population` (default: all N) without replacement, from a
-    generator seeded by (seed, round)."""
-    pool = set(range(num_clients) if population is None else population)
-    s = max(1, round(fraction * len(pool)))
+    generator seeded by (seed, round): the first S members in a random order of all N, ascending.
+    `population`: client ids (a list or LongTensor), or an (N,) bool mask."""
     g = torch.Generator().manual_seed(seed * 100_003 + round_index)
-    return sorted([c for c in torch.randperm(num_clients, generator=g).tolist() if c in pool][:s])
+    order = torch.randperm(num_clients, generator=g)  # (N,)
+    if population is not None:
+        member = torch.as_tensor(population)
+        if member.dtype != torch.bool:
+            member = torch.zeros(num_clients, dtype=torch.bool).index_fill_(0, member.long().reshape(-1), True)
+        order = order[member[order]]  # (M,) the members, in the random order
+    s = max(1, round(fraction * len(order)))
+    return order[:s].sort().values.tolist()
 
 
 @dataclass
@@ -47,7 +53,9 @@ class LocalTraining:
     rows: list[int]  # their local row indices in the cluster
     params: torch.Tensor  # (S_local, d) their models after training
     loss: torch.Tensor  # (S_local,) float64 mean training loss over each client's steps
-    grad_mean: torch.Tensor  # (S_local, d) mean raw gradient (with weight decay) over each client's steps
+    #: (S_local, d) mean raw gradient (with weight decay) over each client's steps; kept only by techniques that
+    #: set `keeps_grad_mean` (SCAFFOLD's control variates), else None
+    grad_mean: torch.Tensor | None
 
 
 #: sign-flipping clients (lab.sync.faults): declared by the techniques whose uploads go through
@@ -85,6 +93,8 @@ class Federated(Technique):
                            probe_with={"clients_join": 1, "rounds": 4}),
     }
     budget = "rounds"
+    #: whether `local_sgd` keeps each client's mean raw gradient (LocalTraining.grad_mean)
+    keeps_grad_mean: bool = False
 
     @classmethod
     def check(cls, c) -> None:
@@ -103,16 +113,20 @@ class Federated(Technique):
 
     def setup(self, ctx: TrainContext) -> None:
         self.global_row = ctx.cluster.params.detach()[0].clone()  # (d,) every rank starts from the same init
-        self.sizes = torch.tensor([ctx.batches.shard_size(r) for r in range(ctx.collective.world_size)],
-                                  dtype=torch.float64)  # (P,) n_i; float64: the server's weights n_i / Σ n_j
+        self.sizes = ctx.batches.sizes.to(torch.float64)  # (P,) n_i; float64: the server's weights n_i / Σ n_j
+        self.client_steps = self.steps_per_client()  # (P,) local steps of each client per round
         self.faults = ClientFaults.from_config(self.config, ctx.collective.world_size)
         self.stalled: RoundPlan | None = None
 
-    def local_steps(self, rank: int) -> int:
+    def steps_per_client(self) -> torch.Tensor:
+        """(P,) local steps of every client per round: `local_steps` if set, else E·⌈n_i / B⌉ (once, at setup)."""
         c = self.config
         if c.local_steps:
-            return c.local_steps
-        return c.local_epochs * math.ceil(self.sizes[rank].item() / c.batch_size)
+            return torch.full(self.sizes.shape, c.local_steps, dtype=torch.long)
+        return c.local_epochs * torch.ceil(self.sizes / c.batch_size).long()
+
+    def local_steps(self, rank: int) -> int:
+        return int(self.client_steps[rank])
 
     # ---- the round template ---------------------------------------------------------------------
     def round(self, ctx: TrainContext) -> RoundResult:
@@ -141,9 +155,10 @@ class Federated(Technique):
         c = self.config
         if sampled is None:
             sampled = sample_clients(ctx.collective.world_size, c.client_fraction, seed=c.seed,
-                                     round_index=ctx.rounds, population=self.faults.members(ctx.rounds))
+                                     round_index=ctx.rounds, population=self.faults.member_mask(ctx.rounds))
         ctx.ledger.step = ctx.step
-        return self.faults.plan(sampled, round_index=ctx.rounds, steps={r: self.local_steps(r) for r in sampled},
+        sampled = torch.as_tensor(sampled, dtype=torch.long)
+        return self.faults.plan(sampled, round_index=ctx.rounds, steps=self.client_steps[sampled],
                                 step_seconds=ctx.step_compute_seconds)
 
     def stall(self, ctx: TrainContext, plan: RoundPlan | None = None) -> RoundResult:
@@ -158,51 +173,69 @@ class Federated(Technique):
         """Train the `clients` this process holds from `start` (d,) for their local steps; writes their rows.
 
         direction(g (S, d), y (S, d), mine) -> (S, d) replaces the raw gradient g as the SGD direction.
+        All clients step together, one (S, ·) tensor operation per step; clients with fewer steps than the
+        longest are masked once their steps are done (they still draw their batches, so every client's data
+        stream advances by the round's longest count, as it always has).
         """
         c = self.config
-        mine = [r for r in clients if r in ctx.cluster.ranks]
-        rows = [ctx.cluster.local_index(r) for r in mine]
-        y = start.expand(len(mine), -1).clone()  # (S_local, d)
-        loss_sum = torch.zeros(len(mine), dtype=torch.float64)
-        grad_sum = torch.zeros_like(y)
-        steps = torch.tensor([self.local_steps(r) for r in mine], dtype=torch.long)  # (S_local,)
-        if mine:
-            buf = torch.zeros_like(y)
-            for t in range(int(steps.max())):
+        mine, rows = ctx.cluster.rows_of(clients)  # (S,) the clients held here, (S,) their rows
+        steps = self.client_steps[mine]  # (S,)
+        y = start.expand(len(mine), -1).clone()  # (S, d)
+        loss_sum = torch.zeros(len(mine), dtype=torch.float64, device=y.device)
+        grad_sum = torch.zeros_like(y) if self.keeps_grad_mean else None
+        if len(mine):
+            horizon = int(steps.max())
+            ragged = bool((steps < horizon).any())  # masks only when counts differ, built once per round
+            active = (steps > torch.arange(horizon).unsqueeze(1)).float().unsqueeze(2).to(y.device) if ragged \
+                else None  # (T, S, 1)
+            ids = mine.tolist()
+            buf = None  # the momentum buffer (fresh each round); without momentum the step is the direction
+            for t in range(horizon):
                 ctx.check_stop()
-                active = (steps > t).float().unsqueeze(1)  # clients that still have steps to run
                 xb, yb = ctx.batches.next(mine)
                 losses, g = ctx.cluster.loss_and_grad(y, xb, yb)
                 ctx.guard("loss", losses)
                 if c.weight_decay:
                     g = g + c.weight_decay * y
-                grad_sum += active * g
-                buf = c.momentum * buf + (g if direction is None else direction(g, y, mine))
-                y = y - c.lr * active * buf
-                loss_sum += losses.double() * active.squeeze(1).double()
+                d = g if direction is None else direction(g, y, ids)
+                buf = d if buf is None or not c.momentum else c.momentum * buf + d
+                if active is None:
+                    y = y - c.lr * buf
+                    loss_sum += losses.double()
+                    if grad_sum is not None:
+                        grad_sum += g
+                else:
+                    y = y - c.lr * active[t] * buf
+                    loss_sum += losses.double() * active[t].squeeze(1).double()
+                    if grad_sum is not None:
+                        grad_sum += active[t] * g
             ctx.cluster.set_rows(y, rows)
-        div = steps.clamp(min=1)
-        return LocalTraining(mine, rows, y, loss_sum / div.double(), grad_sum / div.unsqueeze(1).float())
+        div = steps.clamp(min=1).to(y.device)
+        grad_mean = None if grad_sum is None else grad_sum / div.unsqueeze(1).float()
+        return LocalTraining(mine.tolist(), rows.tolist(), y, loss_sum / div.double(), grad_mean)
 
     def mean_loss(self, ctx: TrainContext, out: LocalTraining, clients: list[int]) -> float:
         """Mean over `clients` (all processes) of their mean local training loss; not recorded."""
-        per_client = torch.zeros(ctx.cluster.num_local, dtype=torch.float64)
-        for r, row, loss in zip(out.clients, out.rows, out.loss):
-            if r in clients:
-                per_client[row] = loss
+        per_client = torch.zeros(ctx.cluster.num_local, dtype=torch.float64, device=out.loss.device)
+        trained = torch.as_tensor(out.clients, dtype=torch.long)
+        counted = torch.isin(trained, torch.as_tensor(clients, dtype=torch.long))  # (S_local,)
+        per_client[torch.as_tensor(out.rows, dtype=torch.long)[counted]] = out.loss[counted.to(out.loss.device)]
         total = ctx.collective.all_reduce(per_client.unsqueeze(1), op="sum", record=False)[0, 0]
         return float(total) / max(len(clients), 1)
 
     def finish_round(self, ctx: TrainContext, plan: RoundPlan) -> None:
         """Advance the step counter by the longest sampled client's steps and the clock by the server's wait."""
-        ctx.step += max(self.local_steps(r) for r in plan.sampled)
+        ctx.step += int(self.client_steps[plan.sampled].max())
         ctx.compute_seconds += plan.seconds
 
     def model_row(self, ctx: TrainContext) -> torch.Tensor:
         return self.global_row
 
     def state_dict(self) -> dict:
-        return {"global_row": self.global_row}
+        stalled = None if self.stalled is None else dataclasses.asdict(self.stalled)
+        return {"global_row": self.global_row, "stalled": stalled}
 
     def load_state_dict(self, state: dict) -> None:
         self.global_row = state["global_row"]
+        stalled = state.get("stalled")
+        self.stalled = None if stalled is None else RoundPlan(**stalled)

@@ -146,8 +146,9 @@ class FedVote(Federated):
         self.global_row = self.weights(self.latent)
 
     def state_dict(self) -> dict:
-        return {"latent": self.latent, "cred": self.cred}
+        return {**super().state_dict(), "latent": self.latent, "cred": self.cred}
 
     def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
         self.latent, self.cred = state["latent"], state["cred"]
         self.global_row = self.weights(self.latent)

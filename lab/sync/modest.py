@@ -82,10 +82,11 @@ class MoDeST(Federated):
     label_knobs = ("modest_aggregators",)
     knobs = {
         "modest_aggregators": Knob(1, "aggregators a per round (1..num_workers)", low=1, high=100_000),
-        "success_fraction": Knob(1.0, "fraction of the sample's models an aggregator waits for", low=0.0, low_open=True, high=1.0),
-        "aggregation_timeout": Knob(AGGREGATION_TIMEOUT_S, "simulated seconds an aggregator waits after its first model "
-                                    "before averaging what arrived (at least 3 models); the authors' default 300 s; "
-                                    "0 = wait for success_fraction of the sample", low=0.0, high=1e9,
+        "success_fraction": Knob(1.0, "fraction of the sample's models an aggregator waits for", low=0.0,
+                                 low_open=True, high=1.0),
+        "aggregation_timeout": Knob(AGGREGATION_TIMEOUT_S, "simulated seconds an aggregator waits after its first "
+                                    "model before averaging what arrived (at least 3 models); the authors' default "
+                                    "300 s; 0 = wait for success_fraction of the sample", low=0.0, high=1e9,
                                     probe_with={"clients_stop": 1, "stop_round": 0}),
     }
 

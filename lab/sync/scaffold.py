@@ -69,9 +69,13 @@ class Scaffold(Federated):
         self.c = torch.zeros_like(self.global_row)  # (d,) server control variate
         self.c_local = torch.zeros_like(ctx.cluster.params.detach())  # (n, d) the clients' c_i
 
-    def local_steps(self, rank: int) -> int:
+    keeps_grad_mean = True  # the control variates are the clients' mean gradients
+
+    def steps_per_client(self) -> torch.Tensor:
+        """Every client takes the same K local steps: `local_steps`, or E·⌈mean n_i / B⌉."""
         c = self.config
-        return c.local_steps or c.local_epochs * math.ceil(self.sizes.mean().item() / c.batch_size)
+        k = c.local_steps or c.local_epochs * math.ceil(self.sizes.mean().item() / c.batch_size)
+        return torch.full(self.sizes.shape, k, dtype=torch.long)
 
     def downlink(self, ctx: TrainContext, sampled: list[int]) -> None:
         ctx.collective.server_broadcast(self.global_row, ranks=sampled, tag="model")
@@ -80,7 +84,7 @@ class Scaffold(Federated):
     def corrected_sgd(self, ctx: TrainContext, clients: list[int]) -> LocalTraining:
         """K local steps of every participant along g_i(y) − c_i + c."""
         def direction(g, y, mine):
-            return g - self.c_local[[ctx.cluster.local_index(r) for r in mine]] + self.c
+            return g - self.c_local[ctx.cluster.rows_of(mine)[1]] + self.c
 
         return self.local_sgd(ctx, clients, self.global_row, direction=direction)
 
@@ -153,6 +157,13 @@ class Scallion(Scaffold):
     def message(self, u: torch.Tensor, rows: list[int]) -> torch.Tensor:
         """What a participant compresses: SCALLION sends u_i (S, d)."""
         return u
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "channel": self.channel.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.channel.load_state_dict(state["channel"])
 
     def train_round(self, ctx: TrainContext, plan: RoundPlan) -> RoundResult:
         p, n, c = plan.participants, ctx.collective.world_size, self.config

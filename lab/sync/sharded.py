@@ -31,10 +31,11 @@ intra-node); S > ranks per node spreads a replica over nodes (its sharding colle
 `lab.sharding.composed.predict_bytes` (analytic, no training), which the Ledger matches.
 
 Knobs read (declared by `lab.sharding.zero.ZeRO`): `sharding_degree` (0 or 1 = no sharding: the technique's
-own path, unchanged; S > 1 must leave R >= 2 replicas), and, when S > 1, `zero_stage`, `zeropp` (qwz, hpz;
-not qgz, which reduces over all ranks), `hpz_size` (0 = the gcd of the ranks per node and S: the secondary
-copy stays in the replica), `quant_block`. Not with S > 1: DDP's `overlap` buckets, compressors fitted to the
-whole model (powersgd, fedzip, 3sfc), the parameter-server algorithm, federated star topologies.
+own path, unchanged; S = num_workers is one replica: nothing crosses replicas, no compressor), and, when
+S > 1, `zero_stage`, `zeropp` (qwz, hpz; not qgz, which reduces over all ranks), `hpz_size` (0 = the gcd of
+the ranks per node and S: the secondary copy stays in the replica), `quant_block`. Not with S > 1: DDP's
+`overlap` buckets, compressors fitted to the whole model (powersgd, fedzip, 3sfc), the parameter-server
+algorithm, federated star topologies.
 
 Exactness: with H = 1 and no compression, DDP composed with any S equals DDP up to the order of the sums
 (ZeRO's E0/E1); Local SGD at H = 1 with plain SGD equals DDP up to float rounding (parameter vs gradient

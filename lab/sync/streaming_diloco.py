@@ -51,7 +51,14 @@ metrics: `fragment` (sent at the end of the round), `payload_ratio` and
 `traffic_ratio` of the last fragment's exchange (`lab.compress.channel`).
 
 Sent: per H steps every worker sends each fragment once — the same total as
-DiLoCo at 32 bits, one fragment in any single sync. Knobs: `sync_period` (H),
+DiLoCo at 32 bits, one fragment in any single sync.
+
+With `sharding_degree` S > 1 (`lab.sync.sharded`) the inner steps are sharded steps inside each replica and
+fragment p is the p-th contiguous part of every rank's shard (`fragment_pattern='contiguous'`; [RECON] this
+lab's placement): each rank sends its part of fragment p, (d/S)/P values, to its counterparts, and the merge
+writes it into its shard (the replica re-gathers its parameters after the step).
+
+Knobs: `sync_period` (H),
 `num_fragments` (P), `fragment_pattern`, `overlap_steps` (τ), `merge_alpha`
 (α), `outer_bits`, `outer_format`, `outer_lr`, `outer_momentum`, the
 compressor's, and the inner optimizer's.
@@ -144,8 +151,8 @@ class StreamingDiLoCo(DiLoCo):
         "num_fragments": Knob(1, "fragments P synced at staggered steps (1 <= P <= sync_period)", low=1, high=10_000),
         "fragment_pattern": Knob("strided", "which parameters a fragment holds: 'strided' layers p, p+P, ... (the "
                                  "paper's) or 'contiguous' equal slices of the flat row",
-                                 choices=("strided", "contiguous"), read_when=lambda c: c.num_fragments > 1, probe_with={"num_fragments": 2},
-                                 why="only num_fragments > 1 reads it"),
+                                 choices=("strided", "contiguous"), read_when=lambda c: c.num_fragments > 1,
+                                 why="only num_fragments > 1 reads it", probe_with={"num_fragments": 2}),
         "overlap_steps": Knob(0, "inner steps tau a fragment's sync overlaps (< sync_period / P)", low=0, high=10**6),
         "merge_alpha": Knob(0.5, "weight of the local fragment when merging the new global one", low=0.0, high=1.0),
         "outer_bits": Knob(32, "bits per outer-gradient value on the wire", choices=(32, 16, 8, 4)),
@@ -156,6 +163,12 @@ class StreamingDiLoCo(DiLoCo):
 
     @classmethod
     def check(cls, c) -> None:
+        super().check(c)  # the sharding rules (lab.sync.sharded)
+        from lab.sharding.options import degree
+
+        if degree(c) > 1 and c.num_fragments > 1 and c.fragment_pattern != "contiguous":
+            bad("fragment_pattern", c.fragment_pattern, f"'contiguous' with sharding_degree={c.sharding_degree} "
+                "(fragment p is the p-th part of every rank's shard)")
         if c.num_fragments > c.sync_period:
             bad("num_fragments", c.num_fragments, f"at most sync_period={c.sync_period} (each fragment syncs once "
                 "per sync period, at its own step)")
@@ -186,8 +199,15 @@ class StreamingDiLoCo(DiLoCo):
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)  # DiLoCo's global copy and momentum, the channel of fragment 0
         c, cl = self.config, ctx.cluster
-        self.fragments = fragment_indices(cl.names, cl.numels, c.num_fragments, c.fragment_pattern)
-        self.segments = [fragment_segments(f, list(cl.numels)) for f in self.fragments]
+        if self.sharded is not None:  # fragment p: the p-th part of every rank's shard (segments per replica group)
+            parts = fragment_slices(self.sharded.c, c.num_fragments)
+            if min(s.stop - s.start for s in parts) < 1:
+                bad("num_fragments", c.num_fragments, f"at most the shard size {self.sharded.c}")
+            self.fragments = [torch.arange(s.start, s.stop) for s in parts]
+            self.segments = [self.sharded.segments(cl.numels, s.start, s.stop) for s in parts]
+        else:
+            self.fragments = fragment_indices(cl.names, cl.numels, c.num_fragments, c.fragment_pattern)
+            self.segments = [fragment_segments(f, list(cl.numels)) for f in self.fragments]
         self.channels = [self.channel] + [make_channel(self.channel_config(), ctx) for _ in self.fragments[1:]]
         self.offsets = [int(c.sync_period / c.num_fragments * (p + 1)) for p in range(c.num_fragments)]
         self.in_flight: dict[int, tuple[torch.Tensor, int, float]] = {}  # p -> (mean Δ (d_p,), sent at, seconds)
@@ -205,7 +225,7 @@ class StreamingDiLoCo(DiLoCo):
 
     def send(self, ctx: TrainContext, p: int) -> None:
         idx = self.fragments[p]
-        delta = self.global_row[idx] - ctx.cluster.params.detach()[:, idx]  # (n, d_p) outer gradient at send time
+        delta = self.global_row[..., idx] - self.rows(ctx)[:, idx]  # (n, d_p) outer gradient at send time
         before = ctx.ledger.seconds
         if self.overlaps(ctx):
             ctx.clock.sync()  # the compute up to the send step is on the timeline
@@ -227,12 +247,11 @@ class StreamingDiLoCo(DiLoCo):
     def apply(self, ctx: TrainContext, p: int) -> None:
         c, idx = self.config, self.fragments[p]
         mean, sent_at, seconds = self.in_flight.pop(p)
-        theta, buf = self.global_row[idx], self.buf[idx]  # (d_p,) copies, written back below
+        theta, buf = self.global_row[..., idx], self.buf[..., idx]  # (d_p,) copies, written back below
         outer_nesterov_(theta, buf, mean, lr=c.outer_lr, momentum=c.outer_momentum)
-        self.global_row[idx], self.buf[idx] = theta, buf
-        with torch.no_grad():
-            local = ctx.cluster.params[:, idx]
-            ctx.cluster.params[:, idx] = c.merge_alpha * local + (1 - c.merge_alpha) * theta
+        self.global_row[..., idx], self.buf[..., idx] = theta, buf
+        local = self.rows(ctx)[:, idx]
+        self.write_part(ctx, idx, c.merge_alpha * local + (1 - c.merge_alpha) * theta)
         hidden = min(seconds, (ctx.step - sent_at) * ctx.step_compute_seconds)  # compute ran while in flight
         self.hidden_seconds += hidden
         if self.overlaps(ctx):
@@ -246,7 +265,7 @@ class StreamingDiLoCo(DiLoCo):
         c = self.config
         losses, sent = [], []
         while not sent and ctx.step < c.steps:
-            losses.append(ctx.local_step())
+            losses.append(self.inner_step(ctx, gather=False))
             t = ctx.step
             if c.overlap_steps:
                 for p in self.due(t, c.overlap_steps):
@@ -256,12 +275,14 @@ class StreamingDiLoCo(DiLoCo):
                 self.send(ctx, p)
                 if not c.overlap_steps:
                     self.apply(ctx, p)
-        if ctx.step >= c.steps:  # training is over: nothing left to overlap with
-            for p in sorted(self.in_flight):
-                self.apply(ctx, p)
+            if ctx.step >= c.steps:  # training is over: nothing left to overlap with
+                for p in sorted(self.in_flight):
+                    self.apply(ctx, p)
+            self.refresh(ctx)  # sharded: the replicas gather their (merged) shards, once per step
+        extras = self.sharding_columns() if self.sharded is not None else {}
         return RoundResult(ctx.collective.mean_metric(torch.stack(losses).mean(0)),
                            {"fragment": sent[0] if sent else -1, "comm_hidden_seconds": self.hidden_seconds,
-                            **self.ratios})
+                            **self.ratios, **extras})
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "channels": [ch.state_dict() for ch in self.channels],

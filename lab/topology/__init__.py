@@ -22,7 +22,7 @@ Everything is re-exported here: `from lab.topology import preset`.
 """
 from lab.topology.algorithms import ALGORITHMS, AUTO, algorithm_table
 from lab.topology.config import ALL_REDUCE_CHOICES, check_config, clock_decides, for_config
-from lab.topology.cost import LINK_CLASSES, Cost, Link, Step, gbit
+from lab.topology.cost import LINK_CLASSES, Cost, Link, Step, Traffic, gbit
 from lab.topology.model import Topology
 from lab.topology.presets import (
     CPU_FLOPS,
@@ -41,6 +41,6 @@ from lab.topology.presets import (
 
 __all__ = [
     "ALGORITHMS", "ALL_REDUCE_CHOICES", "AUTO", "CPU_FLOPS", "ETH10G", "H100_FLOPS", "IB400", "ICI", "LINK_CLASSES",
-    "NVLINK", "PRESETS", "PRESET_SIZES", "TPU_FLOPS", "WAN1G", "Cost", "Link", "Step", "Topology", "algorithm_table",
-    "build", "check_config", "clock_decides", "for_config", "gbit", "preset",
+    "NVLINK", "PRESETS", "PRESET_SIZES", "TPU_FLOPS", "WAN1G", "Cost", "Link", "Step", "Topology", "Traffic",
+    "algorithm_table", "build", "check_config", "clock_decides", "for_config", "gbit", "preset",
 ]

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lab.topology.cost import Cost, Step
+from lab.topology.cost import Cost, Step, Traffic
 
 OP = "compressed_all_reduce"
 NAMES = ("all_gather", "two_phase", "star")
@@ -63,7 +63,7 @@ class Sizes:
     reduced: tuple = ()
 
     @classmethod
-    def uniform(cls, m: float, num_chunks: int) -> "Sizes":
+    def uniform(cls, m: float, num_chunks: int) -> Sizes:
         part = (m / num_chunks,) * num_chunks
         return cls(m, part, part)
 
@@ -172,7 +172,7 @@ def cost(t, algorithm: str, sizes: Sizes, ranks=None) -> Cost:
     if len(ranks) <= 1:
         return Cost(0.0, algorithm, {k: np.zeros(t.num_ranks, dtype=np.int64) for k in
                                      ("intra", "inter", "uplink", "downlink")}, 0,
-                    np.zeros((t.num_ranks + 1,) * 2))
+                    Traffic(t.num_ranks + 1))
     steps = COMPRESSED[OP][algorithm](t, sizes, ranks)
     assert steps is not None, f"{algorithm} does not apply on {ranks}"
     return t.schedule_cost(steps, algorithm)

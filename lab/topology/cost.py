@@ -49,15 +49,91 @@ class Link:
 class Cost:
     """What one collective call costs: seconds, algorithm and bytes per rank per link class.
 
-    `traffic` (optional) is the (P+1, P+1) matrix of bytes sent from each rank to
-    each rank over the call; index P is the server of a star.
+    `traffic` (optional) is the bytes sent from each rank to each rank over the
+    call, a sparse `Traffic` over P+1 ranks (index P is the server of a star).
     """
 
     seconds: float
     algorithm: str
     bytes: dict  # link class -> np.ndarray (P,) int64, bytes each rank sends (downlink: receives)
     messages: int  # steps on the critical path (a pipelined stage counts its hops)
-    traffic: np.ndarray | None = None
+    traffic: Traffic | None = None
+
+
+class Traffic:
+    """Bytes sent from rank to rank: an n × n matrix (n = P + 1; index P: a star's server) held sparse, as
+    the (src, dst, bytes) of the pairs that talked, sorted by src then dst, each pair once.
+
+    Memory grows with the pairs that talked (P for a ring, 2P for a star), not with n². `toarray()` (and
+    `np.asarray`, and indexing, which indexes the dense matrix) builds the n × n matrix: for small P only.
+    """
+
+    __slots__ = ("n", "src", "dst", "nbytes")
+
+    def __init__(self, n: int, src=(), dst=(), nbytes=()):
+        src, dst = np.asarray(src, dtype=np.int64).ravel(), np.asarray(dst, dtype=np.int64).ravel()
+        nbytes = np.broadcast_to(np.asarray(nbytes, dtype=np.float64), src.shape)
+        key, inv = np.unique(src * n + dst, return_inverse=True)  # sorted: by src, then dst
+        total = np.bincount(inv.ravel(), weights=nbytes, minlength=key.size)
+        keep = total != 0
+        self.n, self.src, self.dst, self.nbytes = int(n), key[keep] // n, key[keep] % n, total[keep]
+        for a in (self.src, self.dst, self.nbytes):
+            a.flags.writeable = False
+
+    @classmethod
+    def concat(cls, parts) -> Traffic:
+        """The sum of several Traffics of the same n."""
+        parts = list(parts)
+        assert parts and len({t.n for t in parts}) == 1, "Traffics of different sizes do not add up"
+        return cls(parts[0].n, *(np.concatenate([getattr(t, a) for t in parts]) for a in ("src", "dst", "nbytes")))
+
+    def __add__(self, other: Traffic) -> Traffic:
+        return Traffic.concat([self, other])
+
+    def __radd__(self, other):  # sum([...]) starts from 0
+        return self if isinstance(other, int) and other == 0 else NotImplemented
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n, self.n)
+
+    @property
+    def nnz(self) -> int:
+        return int(self.src.size)
+
+    def memory_bytes(self) -> int:
+        return self.src.nbytes + self.dst.nbytes + self.nbytes.nbytes
+
+    def sum(self) -> float:
+        return float(self.nbytes.sum())
+
+    def toarray(self) -> np.ndarray:
+        out = np.zeros((self.n, self.n))
+        out[self.src, self.dst] = self.nbytes
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.toarray()
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, key):
+        return self.toarray()[key]
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, Traffic) and self.n == other.n and np.array_equal(self.src, other.src)
+                and np.array_equal(self.dst, other.dst) and np.array_equal(self.nbytes, other.nbytes))
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"Traffic(n={self.n}, pairs={self.nnz}, bytes={self.sum():.6g})"
+
+    def state_dict(self) -> dict:
+        return {"n": self.n, "src": self.src, "dst": self.dst, "nbytes": self.nbytes}
+
+    @classmethod
+    def from_state(cls, state: dict) -> Traffic:
+        return cls(state["n"], state["src"], state["dst"], state["nbytes"])
 
 
 def gbit(x: float) -> float:
@@ -92,7 +168,7 @@ class Step:
 
 def copy_cost(c: Cost) -> Cost:
     return Cost(c.seconds, c.algorithm, {k: v.copy() for k, v in c.bytes.items()}, c.messages,
-                None if c.traffic is None else c.traffic.copy())
+                c.traffic)  # a Traffic is never changed in place: shared
 
 
 
@@ -101,7 +177,7 @@ def schedule_cost(t, steps, algorithm: str) -> Cost:
     """Bytes, traffic and seconds of a schedule (a list of Steps; None entries are skipped)."""
     p = t.num_ranks
     sent = np.zeros((len(LINK_CLASSES), p))
-    traffic = np.zeros((p + 1, p + 1))
+    pairs = []  # (src, dst, bytes) of every step, summed per pair by Traffic
     seconds, messages = 0.0, 0
     for s in steps:
         if s is None:
@@ -109,10 +185,11 @@ def schedule_cost(t, steps, algorithm: str) -> Cost:
         cls = _classes(t, s.src, s.dst)  # (k,) index into LINK_CLASSES
         counted_at = np.where(s.src == p, s.dst, s.src)  # downlink bytes count at the receiving client
         np.add.at(sent, (cls, counted_at), s.nbytes * s.repeat)
-        np.add.at(traffic, (s.src, s.dst), s.nbytes * s.repeat)
+        pairs.append((s.src, s.dst, s.nbytes * s.repeat))
         seconds += s.repeat * _step_seconds(t, s, cls)
         messages += s.repeat * s.hops
     b = {c: np.rint(sent[i]).astype(np.int64) for i, c in enumerate(LINK_CLASSES)}
+    traffic = Traffic(p + 1, *(np.concatenate(v) for v in zip(*pairs))) if pairs else Traffic(p + 1)
     return Cost(seconds, algorithm, b, messages, traffic)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from lab.topology.algorithms import ALGORITHMS, AUTO
 from lab.topology.compressed import COMPRESSED
-from lab.topology.cost import LINK_CLASSES, Cost, Link, Step, copy_cost, schedule_cost as cost_of_schedule
+from lab.topology.cost import LINK_CLASSES, Cost, Link, Step, Traffic, copy_cost, schedule_cost as cost_of_schedule
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ class Topology:
         hit = self._cache.get(key)
         if hit is None:
             hit = self._cost(op, float(payload_bytes), ranks)
-            if len(self._cache) > 4096:
+            if len(self._cache) > max(16, min(4096, 2**21 // self.num_ranks)):  # each Cost holds (P,) rows
                 self._cache.clear()
             self._cache[key] = hit
         return copy_cost(hit)
@@ -195,7 +195,7 @@ class Topology:
         if op not in ALGORITHMS:
             raise ValueError(f"op={op!r} is unknown to the topology cost model")
         if p <= 1:
-            return Cost(0.0, "local", self._zeros(), 0, np.zeros((self.num_ranks + 1,) * 2))
+            return Cost(0.0, "local", self._zeros(), 0, Traffic(self.num_ranks + 1))
         if self.star:  # phones do not talk to each other: every collective goes via the server
             up, down = {
                 "all_reduce": (m, m), "all_gather": (m, (p - 1) * m), "reduce_scatter": (m, m / p),

@@ -37,6 +37,14 @@ def _multinode(n: int) -> Topology:
                     description="4 nodes of GPUs on NVLink, joined by 400 Gb/s InfiniBand (10 µs)")
 
 
+def _two_nodes(n: int) -> Topology:
+    if n % 2 or n < 2:
+        raise ValueError(f"num_workers={n!r} does not fit topology='multinode_2x4': it must be an even number >= 2 "
+                         "(ranks are spread over 2 nodes)")
+    return Topology("multinode_2x4", n, n // 2, NVLINK, IB400, H100_FLOPS, device="H100",
+                    description="2 nodes of GPUs on NVLink, joined by 400 Gb/s InfiniBand (10 µs)")
+
+
 def _leaf_spine(n: int) -> Topology:
     if n % 2 or n < 4:
         raise ValueError(f"num_workers={n!r} does not fit topology='leaf_spine': it must be an even number >= 4 "
@@ -79,11 +87,11 @@ def _phones_mixed(n: int) -> Topology:
                    description="phones with uplinks from 5 to 50 Mb/s and 100 Mb/s downlinks (50 ms) to a server")
 
 
-PRESETS = {"nvlink_node": _nvlink_node, "multinode_4x8": _multinode, "leaf_spine": _leaf_spine,
-           "torus_2d": _torus_2d, "wan_sites": _wan, "ethernet": _ethernet, "phones": _phones,
-           "phones_mixed": _phones_mixed}
-PRESET_SIZES = {"nvlink_node": 8, "multinode_4x8": 32, "leaf_spine": 16, "torus_2d": 16, "wan_sites": 16,
-                "ethernet": 8, "phones": 100, "phones_mixed": 100}
+PRESETS = {"nvlink_node": _nvlink_node, "multinode_4x8": _multinode, "multinode_2x4": _two_nodes,
+           "leaf_spine": _leaf_spine, "torus_2d": _torus_2d, "wan_sites": _wan, "ethernet": _ethernet,
+           "phones": _phones, "phones_mixed": _phones_mixed}
+PRESET_SIZES = {"nvlink_node": 8, "multinode_4x8": 32, "multinode_2x4": 8, "leaf_spine": 16, "torus_2d": 16,
+                "wan_sites": 16, "ethernet": 8, "phones": 100, "phones_mixed": 100}
 
 
 def preset(name: str, num_ranks: int | None = None) -> Topology:

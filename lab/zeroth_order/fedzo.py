@@ -133,3 +133,10 @@ class FedZO(Federated):
         total = count_queries(ctx, self.queries)
         out = LocalTraining(mine, rows, xs[rows], loss, None)
         return RoundResult(self.mean_loss(ctx, out, clients), {"queries": int(total)})
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "queries": self.queries}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.queries = state["queries"]
