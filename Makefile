@@ -5,11 +5,12 @@
 #                   pinned versions in constraints.txt, install the kernelspec
 #   make browser    install Debian's chromium for the browser tests (if missing)
 #   make lab        start JupyterLab on 127.0.0.1:$(PORT) at notebooks/00_tour.ipynb
+#   make dashboard  serve the dashboard (notebooks/dashboard.ipynb) with Voila on 127.0.0.1:$(DASHBOARD_PORT)
 #   make test       install + browser, then the whole pytest suite (extra args: PYTEST_ARGS=...)
 #   make test-fast  install, then pytest without the tests marked slow (gloo, notebook, browser, ...)
 #   make lint       ruff on lab widgets tests bench (config: [tool.ruff] in pyproject.toml)
 #   make bench      install, then run every bench/*.py
-#   make notebooks  regenerate every notebooks/*.ipynb from its source notebooks/NN_name.py (jupytext)
+#   make notebooks  regenerate every notebooks/*.ipynb from its source notebooks/<name>.py (jupytext)
 #   make clean      remove caches, build metadata and notebook outputs
 #   make distclean  clean, and also remove .venv and runs/
 #
@@ -18,6 +19,7 @@
 PYTHON     ?= python3
 VENV       ?= .venv
 PORT       ?= 8888
+DASHBOARD_PORT ?= 8866
 PYTEST_ARGS ?=
 CHROMIUM   ?= /usr/bin/chromium
 
@@ -25,9 +27,10 @@ VPY      := $(VENV)/bin/python
 STAMP    := $(VENV)/.installed
 KERNEL   := commlab
 TOUR     := notebooks/00_tour.ipynb
+DASHBOARD := notebooks/dashboard.ipynb
 
 .DEFAULT_GOAL := install
-.PHONY: install venv browser lab test test-fast lint bench notebooks clean distclean
+.PHONY: install venv browser lab dashboard test test-fast lint bench notebooks clean distclean
 
 install venv: $(STAMP)
 
@@ -78,6 +81,21 @@ lab: $(STAMP)
 	  --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
 	  $$EXTRA
 
+# The dashboard as a web app: Voila runs notebooks/dashboard.ipynb in a commlab kernel and shows its widgets
+# without the code. Token auth as for `make lab`: a fresh token each start, the URL with it printed first, the
+# token passed in the environment (JUPYTER_TOKEN; --Voila.auto_token=True makes Voila require one and
+# jupyter_server's IdentityProvider reads it from there), never on the command line. Voila, unlike JupyterLab,
+# runs as root without an --allow-root. Tracebacks are shown: the server listens on the loopback only.
+# tests/test_dashboard_voila.py runs this recipe (`make -o <stamp> dashboard DASHBOARD_PORT=...`).
+dashboard: $(STAMP)
+	@TOKEN=$$($(PYTHON) -c 'import secrets; print(secrets.token_hex(16))'); \
+	echo ""; \
+	echo "  commlab dashboard: http://127.0.0.1:$(DASHBOARD_PORT)/?token=$$TOKEN"; \
+	echo ""; \
+	JUPYTER_TOKEN=$$TOKEN exec $(VENV)/bin/voila $(DASHBOARD) --no-browser \
+	  --Voila.ip=127.0.0.1 --Voila.port=$(DASHBOARD_PORT) --Voila.port_retries=0 --Voila.auto_token=True \
+	  --VoilaConfiguration.show_tracebacks=True
+
 test: $(STAMP) browser
 	$(VPY) -m pytest -q -ra $(PYTEST_ARGS)
 
@@ -86,7 +104,7 @@ test-fast: $(STAMP)
 	$(VPY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check lab widgets tests bench
+	$(VENV)/bin/ruff check lab widgets tests bench notebooks/*.py
 
 # Every bench/*.py (helpers named _*.py are skipped); fails if any fails.
 bench: $(STAMP)
@@ -100,12 +118,12 @@ bench: $(STAMP)
 	[ $$found = 1 ] || echo "no benchmarks in bench/"; \
 	exit $$status
 
-# A notebook's source is notebooks/NN_name.py (jupytext percent format, settings in notebooks/jupytext.toml);
+# A notebook's source is notebooks/<name>.py (jupytext percent format, settings in notebooks/jupytext.toml);
 # its .ipynb, committed for Binder and JupyterLab, is generated from it. --update keeps the cell ids (and any
 # outputs) of the existing .ipynb, so regenerating unchanged sources changes nothing.
 # tests/test_notebook_sources.py fails when a .ipynb differs from its source.
 notebooks: $(STAMP)
-	@for f in notebooks/[0-9]*.py; do \
+	@for f in notebooks/*.py; do \
 	  $(VENV)/bin/jupytext --update --to ipynb "$$f" || exit 1; \
 	done
 

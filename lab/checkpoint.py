@@ -20,9 +20,10 @@ ends. A resumed run equals the uninterrupted one bit for bit: metrics (except `w
 model (tests/test_resume.py, over every registered technique).
 
 What the file may hold is what `torch.load(weights_only=True)` accepts: tensors, numbers, strings, None and
-lists, tuples and dicts of them. numpy arrays and scalars in a state are stored as tensors tagged with their
-numpy dtype and come back as numpy (`pack` / `unpack`); anything else is a TypeError naming where it sits,
-so a technique that keeps an object in its state fails loudly instead of resuming wrongly.
+lists, tuples and dicts of them. numpy arrays and scalars in a state are stored as their bytes (a uint8
+tensor) tagged with their dtype and shape, and come back as equal numpy values (`pack` / `unpack`); anything
+else is a TypeError naming where it sits, so a technique that keeps an object in its state fails loudly
+instead of resuming wrongly.
 
 Simulated runs only: under backend='distributed' each process holds its own ranks' state and only rank 0 has
 the run directory, so `checkpoint_every` and `resume` are refused there.
@@ -53,8 +54,9 @@ def pack(x, where: str = "state"):
         a = np.asarray(x)
         if a.dtype == object:
             raise TypeError(f"{where}: a numpy array of Python objects cannot go into a checkpoint")
-        return {_NUMPY: torch.from_numpy(a.copy()) if a.ndim else torch.from_numpy(a.reshape(1).copy()),
-                "dtype": a.dtype.str, "scalar": isinstance(x, np.generic), "shape": list(a.shape)}
+        raw = np.frombuffer(np.ascontiguousarray(a).tobytes(), dtype=np.uint8).copy()  # any fixed-size dtype
+        return {_NUMPY: torch.from_numpy(raw), "dtype": a.dtype.str, "scalar": isinstance(x, np.generic),
+                "shape": list(a.shape)}
     if isinstance(x, bool | int | float | str | type(None)):
         return x
     if isinstance(x, dict):
@@ -73,7 +75,7 @@ def unpack(x):
     """The inverse of `pack`."""
     if isinstance(x, dict):
         if _NUMPY in x:
-            a = x[_NUMPY].numpy().astype(np.dtype(x["dtype"]), copy=True).reshape(x["shape"])
+            a = np.frombuffer(x[_NUMPY].numpy().tobytes(), dtype=np.dtype(x["dtype"])).reshape(x["shape"]).copy()
             return a[()] if x["scalar"] else a
         return {k: unpack(v) for k, v in x.items()}
     if isinstance(x, list):

@@ -29,6 +29,7 @@ from lab import pretrain, registry
 from lab.compress.error_feedback import FEEDBACK
 from lab.compress.registry import COMPRESSORS, SCOPED, SCOPES, has_algorithms, reads_ratio
 from lab.data import DATASETS, PARTITIONS
+from lab.device import DEVICES, check as check_device
 from lab.knobs import Knob, bad
 from lab.models import COMPATIBLE, MODELS
 from lab.schedule import SCHEDULES
@@ -70,6 +71,11 @@ COMMON: dict[str, Knob] = {
                             why="only partition='dirichlet' reads it"),
     "shards_per_worker": Knob(2, "label shards per worker for partition=shards", low=1, high=10_000,
                               read_when=lambda c: c.partition == "shards", why="only partition='shards' reads it"),
+    "examples_per_worker": Knob(0, "partition='iid': examples each worker holds (0 = an equal split of the training "
+                                "set; k > 0: k each, dealt from fresh shuffles of the set as often as the workers "
+                                "need, so workers share examples when num_workers x k exceeds it)", low=0,
+                                high=10**6, read_when=lambda c: c.partition == "iid",
+                                why="only partition='iid' reads it"),
     "batch_size": Knob(32, "minibatch size per worker", low=1, high=65_536),
     "lr": Knob(0.5, "learning rate; left at 0.5, a technique that declares its own default_lr uses that "
                "(large values are allowed: divergence is reported, not prevented)", low=0.0,
@@ -83,11 +89,24 @@ COMMON: dict[str, Knob] = {
                                low=1.0, high=1e4, read_when=lambda c: c.slow_ranks > 0 or (
                                    _tech(c).federated and c.straggler_prob > 0),
                                why="it needs slow_ranks > 0 or, for federated techniques, straggler_prob > 0"),
+    "mlp_hidden": Knob(64, "hidden width of model='mlp' (64 -> hidden -> 10)", low=1, high=4096,
+                       read_when=lambda c: c.model == "mlp", why="only model='mlp' reads it"),
+    "device": Knob("cpu", "where the cluster's tensors live (lab.device): 'cpu', 'cuda' (refused without a GPU), "
+                   "or 'auto' (the GPU when there is one)", choices=DEVICES),
     "eval_every": Knob(20, "evaluate every this many steps", low=1, high=10**7),
     "seed": Knob(0, "random seed", low=0, high=2**31 - 1),
     "on_divergence": Knob("stop", "a non-finite loss, gradient or parameter stops the run (status 'diverged'), "
                           "or training continues (to study divergence)", choices=("stop", "continue")),
     "backend": Knob("simulated", "simulated (one process) or distributed (torchrun)", choices=BACKENDS),
+    "comm_timeout": Knob(300.0, "backend='distributed': seconds a collective waits for its peers; a rank that "
+                         "stops answering ends the run (status 'failed', naming the rank and the collective) "
+                         "within about this (lab.comm.distributed)", low=1.0, high=86_400.0, scale="log",
+                         read_when=lambda c: c.backend == "distributed", why="only backend='distributed' reads it"),
+    "heartbeat_timeout": Knob(0.0, "backend='distributed': end a collective's wait as soon as a peer's heartbeat has "
+                              "been silent this many seconds, sooner than comm_timeout (0 = off; "
+                              "lab.comm.heartbeat)", low=0.5, high=86_400.0, special=(0.0,), scale="log",
+                              read_when=lambda c: c.backend == "distributed",
+                              why="only backend='distributed' reads it"),
     # ---- a pre-trained backbone (lab.pretrain): digits classes 0-4 / the first half of the chars text ----
     "pretrained": Knob("auto", "start from a backbone pre-trained on the other part of the data (lab.pretrain): "
                        "'auto' where the technique's paper does (LoRA/PEFT, DIMAT), 'on' always (e.g. fedavg: full "
@@ -120,7 +139,7 @@ COMMON: dict[str, Knob] = {
                               "through the chosen algorithm at this P to the compressor's own parameter "
                               "(lab.compress.channel)", low=0.0, low_open=True, high=1.0, scale="log",
                               read_when=lambda c: reads_ratio(c.compressor),
-                              why="the chosen compressor has a fixed size (see lab.compress.registry)",
+                              why="no compressor is set, or the chosen one has a fixed size (lab.compress.registry)",
                               probe_with={"compressor": "randk"}),
     "compress_scope": Knob("layer", "top-k, scaled sign, QSGD: per parameter tensor ('layer') or over the whole "
                            "vector ('global')", choices=SCOPES, read_when=lambda c: c.compressor in SCOPED,
@@ -159,7 +178,9 @@ ALL_REDUCE_FIELDS = ("compress_algorithm", "powersgd_start_iter")
 #: common knobs every technique reads (the rest are read only by techniques that list them)
 ALWAYS = ("technique", "num_workers", "steps", "rounds", "dataset", "model", "partition", "dirichlet_alpha",
           "shards_per_worker", "batch_size", "lr", "topology", "all_reduce_algorithm", "slow_ranks",
-          "straggler_slowdown", "eval_every", "seed", "on_divergence", "backend", "pretrained", "pretrain_steps")
+          "straggler_slowdown", "eval_every", "seed", "on_divergence", "backend", "comm_timeout", "heartbeat_timeout",
+          "pretrained", "pretrain_steps",
+          "examples_per_worker", "mlp_hidden", "device")
 
 
 def all_knobs() -> dict[str, Knob]:
@@ -236,6 +257,7 @@ def _post_init(self):
             f"{[m for m, ds in COMPATIBLE.items() if self.dataset in ds]}")
     if self.dataset == "chars" and self.partition != "iid":
         bad("partition", self.partition, "'iid' for dataset='chars' (text has no labels to skew)")
+    check_device(self.device, bad)
     from lab.compress import options as compress_options
     from lab.topology import check_config, preset
 
@@ -305,13 +327,20 @@ def config_for(technique: str, **settings):
     if unknown:
         raise ValueError(f"config has unknown fields {unknown}; allowed: {sorted(KNOBS)}")
     kept = {k: v for k, v in settings.items() if k in reads(technique)}
-    draft = ExperimentConfig.__new__(ExperimentConfig)  # unvalidated, to evaluate read_when conditions
-    for name, knob in KNOBS.items():
-        object.__setattr__(draft, name, kept.get(name, registry.technique(technique).own_defaults().get(
-            name, knob.default)))
-    object.__setattr__(draft, "technique", technique)
-    kept = {k: v for k, v in kept.items() if KNOBS[k].read_when is None or KNOBS[k].read_when(draft)}
+    probe = draft(technique, **kept)
+    kept = {k: v for k, v in kept.items() if KNOBS[k].read_when is None or KNOBS[k].read_when(probe)}
     return ExperimentConfig(technique=technique, **kept)
+
+
+def draft(technique: str, **settings):
+    """An unvalidated ExperimentConfig with `settings` over the technique's defaults (and the knobs'), for asking
+    `is_read` and the knobs' `read_when` conditions about settings that may not construct (widgets, config_for)."""
+    own = registry.technique(technique).own_defaults()
+    d = ExperimentConfig.__new__(ExperimentConfig)
+    for name, knob in KNOBS.items():
+        object.__setattr__(d, name, settings.get(name, own.get(name, knob.default)))
+    object.__setattr__(d, "technique", technique)  # a `technique` in settings is overridden by the argument
+    return d
 
 
 def dropped(technique: str, settings: dict) -> dict:

@@ -21,6 +21,9 @@ simulated beside others or runs alone under torch.distributed.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -51,11 +54,8 @@ class Dataset:
 
 
 def load_digits() -> Dataset:
-    from sklearn.datasets import load_digits as _load
-
-    d = _load()
-    x = torch.tensor(d.data, dtype=torch.float32) / 16.0  # (1797, 64)
-    y = torch.tensor(d.target, dtype=torch.long)
+    x, y = _digits_arrays()
+    x = x / 16.0  # (1797, 64)
     g = torch.Generator().manual_seed(1234)
     test_idx = []
     for c in range(10):  # stratified 20% test split, fixed for every run
@@ -67,6 +67,21 @@ def load_digits() -> Dataset:
     mask[test] = False
     return Dataset("digits", "classification", x[mask], y[mask], x[test], y[test], y[mask], 10,
                    {"input_shape": (64,), "image_shape": (1, 8, 8)})
+
+
+def _digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled digits (data (1797, 64) float32, target (1797,) long), read from the file it ships
+    (what `sklearn.datasets.load_digits` reads) without importing scikit-learn, which takes seconds."""
+    import gzip
+    from importlib.util import find_spec
+
+    spec = find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("dataset='digits' needs scikit-learn installed (it ships the digits)")
+    path = f"{spec.submodule_search_locations[0]}/datasets/data/digits.csv.gz"
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",")  # (1797, 65): 64 pixels, then the label
+    return torch.tensor(table[:, :-1], dtype=torch.float32), torch.tensor(table[:, -1].astype(int), dtype=torch.long)
 
 
 def load_lstsq(*, num_groups: int = 8, dim: int = 20, per_group: int = 200, heterogeneity: float = 1.0,
@@ -125,24 +140,59 @@ def load_chars(*, block_size: int = 32) -> Dataset:
 
 
 def load_dataset(name: str, *, seed: int = 0, num_workers: int = 8) -> Dataset:
-    if name == "digits":
+    """Dataset `name`, cached in the process (a sweep loads it once): the same tensors every time, never to be
+    written in place; the Dataset itself (and its meta dict) is a fresh copy."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset={name!r} is unknown; allowed: {list(DATASETS)}")
+    key = (name, seed, max(num_workers, 1)) if name == "lstsq" else (name,)  # what the data depends on
+    data = _cached_dataset(key)
+    return dataclasses.replace(data, meta=dict(data.meta))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_dataset(key: tuple) -> Dataset:
+    if key[0] == "digits":
         return load_digits()
-    if name == "lstsq":
-        return load_lstsq(num_groups=max(num_workers, 1), seed=seed)
-    if name == "chars":
-        return load_chars()
-    raise ValueError(f"dataset={name!r} is unknown; allowed: {list(DATASETS)}")
+    if key[0] == "lstsq":
+        return load_lstsq(num_groups=key[2], seed=key[1])
+    return load_chars()
 
 
 # ---- partitioners ------------------------------------------------------------------------------
 def partition(num_examples: int, labels: torch.Tensor | None, *, scheme: str, num_workers: int, seed: int,
-              alpha: float = 0.5, shards_per_worker: int = 2, min_size: int = 1) -> list[torch.Tensor]:
-    """Split example indices across `num_workers`; returns one sorted LongTensor per worker."""
+              alpha: float = 0.5, shards_per_worker: int = 2, min_size: int = 1,
+              examples_per_worker: int = 0) -> list[torch.Tensor]:
+    """Split example indices across `num_workers`; returns one sorted LongTensor per worker.
+
+    Cached per (examples, labels, settings, seed): a sweep in one kernel partitions once. With `scheme='iid'` and
+    `examples_per_worker` k > 0, each worker holds k examples instead: passes over fresh shuffles of the
+    examples deal ⌊n/k⌋ workers k consecutive ones each until every worker has its k (disjoint workers when
+    num_workers·k <= n; beyond, workers of different passes share examples)."""
+    settings = dict(scheme=scheme, num_workers=num_workers, seed=seed, alpha=alpha,
+                    shards_per_worker=shards_per_worker, min_size=min_size, examples_per_worker=examples_per_worker)
+    digest = None if labels is None else hashlib.blake2b(labels.detach().cpu().numpy().tobytes(),
+                                                         digest_size=16).hexdigest()
+    key = (num_examples, digest, tuple(sorted(settings.items())))
+    if key not in _PARTITIONS:
+        _PARTITIONS[key] = tuple(_partition(num_examples, labels, **settings))
+        while len(_PARTITIONS) > 8:  # keep the latest few
+            _PARTITIONS.pop(next(iter(_PARTITIONS)))
+    return list(_PARTITIONS[key])
+
+
+_PARTITIONS: dict = {}  # (examples, labels digest, settings) -> the workers' shards
+
+
+def _partition(num_examples: int, labels: torch.Tensor | None, *, scheme: str, num_workers: int, seed: int,
+               alpha: float, shards_per_worker: int, min_size: int, examples_per_worker: int) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed * 7919 + 17)
+    if scheme == "iid" and examples_per_worker:
+        return _dealt(num_examples, num_workers, examples_per_worker, g)
     if scheme == "iid":
         perm = torch.randperm(num_examples, generator=g)
-        parts = list(perm.tensor_split(num_workers))
-    elif labels is None:
+        owner = torch.repeat_interleave(torch.arange(num_workers), _split_sizes(num_examples, num_workers))
+        return _by_owner(perm, owner, num_workers, num_examples)  # perm.tensor_split(num_workers), each sorted
+    if labels is None:
         raise ValueError(f"partition={scheme!r} needs labels, and this dataset has none; allowed: 'iid'")
     elif scheme == "dirichlet":
         parts = _dirichlet(labels, num_workers, alpha, min_size, seed)
@@ -152,12 +202,38 @@ def partition(num_examples: int, labels: torch.Tensor | None, *, scheme: str, nu
             raise ValueError(f"shards_per_worker={shards_per_worker!r} is too large: {num_shards} shards "
                              f"for {num_examples} examples")
         order = torch.argsort(labels * num_examples + torch.randperm(num_examples, generator=g))
-        shards = list(order.tensor_split(num_shards))
-        deal = torch.randperm(num_shards, generator=g).view(num_workers, shards_per_worker)
-        parts = [torch.cat([shards[s] for s in row.tolist()]) for row in deal]
+        deal = torch.randperm(num_shards, generator=g).view(num_workers, shards_per_worker)  # worker -> its shards
+        owner_of_shard = torch.empty(num_shards, dtype=torch.long)
+        owner_of_shard[deal.reshape(-1)] = torch.arange(num_workers).repeat_interleave(shards_per_worker)
+        owner = torch.repeat_interleave(owner_of_shard, _split_sizes(num_examples, num_shards))  # of order[j]
+        return _by_owner(order, owner, num_workers, num_examples)
     else:
         raise ValueError(f"partition={scheme!r} is unknown; allowed: {list(PARTITIONS)}")
     return [p.sort().values for p in parts]
+
+
+def _split_sizes(n: int, parts: int) -> torch.Tensor:
+    """Sizes of `tensor_split(parts)` of n items: the first n % parts parts one longer."""
+    sizes = torch.full((parts,), n // parts, dtype=torch.long)
+    sizes[: n % parts] += 1
+    return sizes
+
+
+def _by_owner(examples: torch.Tensor, owner: torch.Tensor, num_workers: int, num_examples: int) -> list[torch.Tensor]:
+    """Each worker's examples (examples[j] belongs to owner[j]), ascending: one sort for all workers."""
+    ordered = torch.sort(owner * num_examples + examples).values % num_examples
+    return list(ordered.split(torch.bincount(owner, minlength=num_workers).tolist()))
+
+
+def _dealt(num_examples: int, num_workers: int, k: int, g: torch.Generator) -> list[torch.Tensor]:
+    """`examples_per_worker` = k: passes over fresh shuffles deal ⌊n/k⌋ workers k consecutive examples each."""
+    per_pass = num_examples // k
+    if per_pass == 0:
+        raise ValueError(f"examples_per_worker={k!r} is invalid: expected at most the {num_examples} training "
+                         f"examples")
+    passes = -(-num_workers // per_pass)
+    dealt = torch.stack([torch.randperm(num_examples, generator=g)[: per_pass * k] for _ in range(passes)])
+    return list(dealt.reshape(-1, k)[:num_workers].sort(dim=1).values)  # (N, k) rows
 
 
 def _dirichlet(labels: torch.Tensor, num_workers: int, alpha: float, min_size: int, seed: int):

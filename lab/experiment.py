@@ -49,8 +49,9 @@ from lab.cluster import Cluster
 from lab.comm import Ledger, SimulatedCollective
 from lab.config import ExperimentConfig, config_for
 from lab.data import RankBatches, load_dataset, partition
+from lab.device import data_on, resolve as resolve_device
 from lab.knobs import bad
-from lab.models import build_model
+from lab.models import model_for
 from lab.optim import make_optimizer
 from lab.registry import technique as technique_class, techniques
 from lab.runs import Run, begin as begin_run, default_runs_dir, new_run_dir, runs_table, save as save_run, write_status
@@ -67,7 +68,7 @@ def build_context(config: ExperimentConfig, *, collective=None) -> tuple[TrainCo
     # the fine-tuning part of the data when the run starts from a pre-trained backbone (lab.pretrain)
     data = pretrain.task_data(config, load_dataset(config.dataset, seed=config.seed, num_workers=config.num_workers),
                               tech)
-    spec = build_model(config.model, data, seed=config.seed)
+    spec = model_for(config, data)
     local = None if collective is None and config.backend == "simulated" else 1
     check_memory(config, dim=sum(p.numel() for p in spec.module.parameters()),
                  example_numel=data.x_train[0].numel(), num_local=local)
@@ -77,26 +78,33 @@ def build_context(config: ExperimentConfig, *, collective=None) -> tuple[TrainCo
     if config.backend == "distributed" and collective is None:
         from lab.comm.distributed import DistributedCollective, init_from_env
 
-        _, world = init_from_env()
+        _, world = init_from_env(timeout=config.comm_timeout, heartbeat_timeout=config.heartbeat_timeout)
         if world != config.num_workers:
             bad("num_workers", config.num_workers, f"the process-group size {world} under backend='distributed'")
-        collective = DistributedCollective(ledger=ledger)
+        collective = DistributedCollective(ledger=ledger, timeout=config.comm_timeout,
+                                           heartbeat_timeout=config.heartbeat_timeout)
     elif collective is None:
         collective = SimulatedCollective(world_size=config.num_workers, ledger=ledger)
     else:
         collective.ledger = ledger
     shards = partition(data.num_train, data.labels, scheme=config.partition, num_workers=config.num_workers,
                        seed=config.seed, alpha=config.dirichlet_alpha, shards_per_worker=config.shards_per_worker,
-                       min_size=config.batch_size if config.partition == "dirichlet" else 1)
+                       min_size=config.batch_size if config.partition == "dirichlet" else 1,
+                       examples_per_worker=config.examples_per_worker)
     smallest = min(len(s) for s in shards)
     if config.batch_size > smallest:
         bad("batch_size", config.batch_size, f"at most the smallest worker's shard ({smallest} examples with "
              f"{config.num_workers} workers on {config.dataset})")
     pretrain.load_backbone(config, spec.module, tech)
+    device = resolve_device(config.device)
+    spec.module.to(device)
+    data = data_on(data, device)
     cluster = Cluster(spec.module, num_workers=config.num_workers, loss_fn=spec.loss_fn, ranks=collective.ranks)
     batches = RankBatches(data.x_train, data.y_train, shards, batch_size=config.batch_size, seed=config.seed,
                           ranks=collective.ranks)
-    opt = make_optimizer(config, cluster.params, cluster=cluster)
+    # the local optimizer, for techniques that step one (federated ones run their own SGD); building a torch
+    # optimizer first imports torch._dynamo, seconds of setup a run without one need not pay
+    opt = make_optimizer(config, cluster.params, cluster=cluster) if "optimizer" in tech.read_fields() else None
     ctx = TrainContext(config, cluster, collective, ledger, topology, batches, spec, opt, data=data,
                        clock=ledger.clock)
     ledger.clock.compute_source = lambda: ctx.compute_seconds

@@ -136,6 +136,12 @@ def _regression_metrics(out, y):
     return {"eval_loss": float(F.mse_loss(out, y))}
 
 
+def model_for(config, dataset: Dataset, *, seed: int | None = None) -> ModelSpec:
+    """`build_model` with a config's model settings (`model`, `mlp_hidden`), weights from `seed` (default: the
+    config's)."""
+    return build_model(config.model, dataset, seed=config.seed if seed is None else seed, hidden=config.mlp_hidden)
+
+
 def build_model(name: str, dataset: Dataset, *, seed: int, hidden: int = 64) -> ModelSpec:
     """Build `name` for `dataset` with weights from `seed`."""
     if name not in MODELS:

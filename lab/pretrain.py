@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 
 from lab.data import Dataset, load_dataset
-from lab.models import build_model
+from lab.models import model_for
 
 CHOICES = ("auto", "on", "off")
 RECIPE = "v1"  # bump when the recipe below changes: it is part of the cache key
@@ -105,8 +105,11 @@ def task_data(config, data: Dataset, technique=None) -> Dataset:
 
 # ---- the stage ---------------------------------------------------------------------------------------
 def cache_key(config, seed: int) -> dict:
-    return {"model": config.model, "dataset": config.dataset, "seed": int(seed), "steps": config.pretrain_steps,
-            "recipe": RECIPE}
+    key = {"model": config.model, "dataset": config.dataset, "seed": int(seed), "steps": config.pretrain_steps,
+           "recipe": RECIPE}
+    if config.model == "mlp" and config.mlp_hidden != 64:  # other widths get their own backbone
+        key["mlp_hidden"] = config.mlp_hidden
+    return key
 
 
 def cache_path(config, seed: int, runs_dir: str | Path | None = None) -> Path:
@@ -121,7 +124,7 @@ def pretrain(config, *, seed: int) -> dict[str, torch.Tensor]:
         raise ValueError(f"model={config.model!r} has no pre-training recipe; allowed: {list(LR)}")
     data = split(load_dataset(config.dataset, seed=seed, num_workers=config.num_workers), "pretrain")
     with torch.random.fork_rng():  # the run's global RNG is the same whether the backbone was cached or not
-        spec = build_model(config.model, data, seed=seed)
+        spec = model_for(config, data, seed=seed)
         model = spec.module
         opt = torch.optim.AdamW(model.parameters(), lr=LR[config.model], weight_decay=0.0)
         g = torch.Generator().manual_seed(seed * 7_777 + 3)

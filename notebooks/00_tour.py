@@ -66,10 +66,12 @@ local.metrics[["step", "round", "loss", "eval_accuracy", "bytes", "sim_seconds",
 # refused, so a chart never shows a knob that did nothing: DDP has no sync period.
 
 # %%
+refused = ""
 try:
-    base.replace(technique="ddp", sync_period=sync_period)
+    base.replace(technique="ddp", sync_period=4)
 except ValueError as e:
-    print(e)
+    refused = str(e)
+print(refused)
 
 # %% [markdown]
 # ## One chart: DDP against Local SGD, loss against bytes
@@ -126,6 +128,7 @@ results = {
     "local_sgd": local.summary(),
     "bytes_ratio_ddp_over_local_sgd": ratio,
     "panel": panel.last_run.summary(),
+    "refused": refused,
 }
 if metrics_path:
     Path(metrics_path).write_text(json.dumps(results, indent=2))

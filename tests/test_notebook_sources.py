@@ -1,4 +1,4 @@
-"""Every notebook's source is notebooks/NN_name.py (jupytext percent format); its committed .ipynb must be what
+"""Every notebook's source is notebooks/<name>.py (jupytext percent format); its committed .ipynb must be what
 `make notebooks` generates from it: the same cells, sources and tags (ids, outputs and other metadata aside)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 jupytext = pytest.importorskip("jupytext")
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-SOURCES = sorted(p for p in NOTEBOOKS.glob("*.py") if p.name[:2].isdigit())
+SOURCES = sorted(NOTEBOOKS.glob("*.py"))  # every .py there is a notebook's source
 KERNELSPEC = {"name": "commlab", "display_name": "commlab (Python 3)", "language": "python"}
 
 
@@ -20,7 +20,7 @@ def cells(nb) -> list[tuple[str, str, tuple]]:
 
 
 def test_every_notebook_has_a_source_and_every_source_a_notebook():
-    assert SOURCES, "no notebooks/NN_name.py sources"
+    assert SOURCES, "no notebooks/*.py sources"
     assert {p.stem for p in SOURCES} == {p.stem for p in NOTEBOOKS.glob("*.ipynb")}
     assert not list(NOTEBOOKS.glob("build_*.py")), "notebooks are sources, not built by scripts"
 

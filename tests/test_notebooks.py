@@ -50,6 +50,7 @@ def test_tour(execute, tmp_path):
         assert m[key]["status"] == "finished" and m[key]["steps"] == 64
         assert m[key]["eval_accuracy"] > 0.5  # 10 classes: chance is 0.1
     assert m["panel"]["bytes"] == m["local_sgd"]["bytes"]  # the panel ran the same config in its thread
+    assert "sync_period=4 is not read" in m["refused"] and "'local_sgd'" in m["refused"]  # DDP has no H
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

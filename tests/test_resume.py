@@ -1,6 +1,7 @@
 """Checkpoint and resume (lab.checkpoint): a run stopped after k of 2k steps (rounds) and resumed from its
 checkpoint equals the uninterrupted run bit for bit — metrics (all but `wall_seconds`), Ledger, every worker's
-final parameters and the evaluated model — for every technique in the registry (exact equality, no tolerance).
+final parameters, the evaluated model, the simulated timeline and the rank-to-rank traffic — for every
+technique in the registry (exact equality, no tolerance).
 
 The tiny run of a technique is its contract run (tests/test_contracts.py: 4 workers, its `contract_settings`),
 with a budget of 2k steps or rounds, k = half the contract budget rounded up; the interruption is the user's
@@ -15,6 +16,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import threading
 import types
 
@@ -34,6 +37,8 @@ from lab.runs import Run, read_status
 
 TECHNIQUES = tuple(techniques())
 COMPRESSED = tuple(t for t in TECHNIQUES if technique(t).compressor_path is not None)
+#: a random compressor: its per-row seeds count the compressor's calls; EF14 memory where the technique takes it
+RANDK = {"compressor": "randk", "compression_ratio": 0.1}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -78,6 +83,9 @@ def assert_same(straight: Run, resumed: Run, what: str) -> None:
     assert straight.ledger.equals(resumed.ledger), f"{what}: Ledger differs"
     assert torch.equal(straight.worker_params, resumed.worker_params), f"{what}: final parameters differ"
     assert torch.equal(straight.model, resumed.model), f"{what}: evaluated model differs"
+    assert straight.timeline.equals(resumed.timeline), f"{what}: simulated timeline differs"
+    ta, tb = straight.traffic.state_dict(), resumed.traffic.state_dict()
+    assert all(np.array_equal(ta[k], tb[k]) for k in ta), f"{what}: rank-to-rank traffic differs"
 
 
 def check_resume(config, k, column, root) -> None:
@@ -100,8 +108,7 @@ def test_resumed_run_equals_the_uninterrupted_one(name, tmp_path):
 @pytest.mark.parametrize("name", COMPRESSED)
 def test_resumed_compressed_run_equals_the_uninterrupted_one(name, tmp_path):
     """randk (its per-row seeds count the compressor's calls) with EF14 memory where the technique takes it."""
-    extra = {"compressor": "randk", "compression_ratio": 0.1}
-    check_resume(*halves(name, **extra), tmp_path)
+    check_resume(*halves(name, **RANDK), tmp_path)
 
 
 # ---- the restored state is the live state ------------------------------------------------------------------------
@@ -207,9 +214,10 @@ def live_and_restored(config, k: int, column: str):
     return (tech, ctx), (tech2, ctx2)
 
 
-@pytest.mark.parametrize("name", TECHNIQUES)
-def test_restored_state_equals_the_live_state(name):
-    (tech, ctx), (tech2, ctx2) = live_and_restored(*halves(name))
+@pytest.mark.parametrize("name,extra", [pytest.param(t, {}, id=t) for t in TECHNIQUES]
+                         + [pytest.param(t, RANDK, id=f"{t}-randk") for t in COMPRESSED])
+def test_restored_state_equals_the_live_state(name, extra):
+    (tech, ctx), (tech2, ctx2) = live_and_restored(*halves(name, **extra))
     out, seen = [], set()
     differences(tech, tech2, name, out, seen)
     for f in ("step", "rounds", "compute_seconds", "comm_hidden_seconds", "cluster", "collective", "ledger",
@@ -234,6 +242,29 @@ def test_rows_after_the_checkpoint_are_recomputed_not_kept(tmp_path):
     assert_same(run(config, save=False, progress=False), resumed, "ddp from step 4")
 
 
+KILLED_AT_STEP_6 = """
+import os, signal, sys
+from lab.config import ExperimentConfig
+from lab.experiment import run
+config = ExperimentConfig(technique="local_sgd", num_workers=4, steps=8, sync_period=2, momentum=0.9)
+run(config, runs_dir=sys.argv[1], progress=False, checkpoint_every=4,
+    callback=lambda row: os.kill(os.getpid(), signal.SIGKILL) if row["step"] >= 6 else None)
+"""
+
+
+def test_resume_after_sigkill(tmp_path):
+    """A process killed at step 6 leaves a 'crashed' run with its step-4 checkpoint; resumed, it ends where the
+    uninterrupted run does."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", KILLED_AT_STEP_6, str(tmp_path)], env=env, timeout=300)
+    assert done.returncode == -9
+    (path,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert Run.load(path).status == "crashed"
+    config = ExperimentConfig(technique="local_sgd", num_workers=4, steps=8, sync_period=2, momentum=0.9)
+    assert_same(run(config, save=False, progress=False), resume(path, progress=False), "local_sgd after SIGKILL")
+    assert read_status(path)["status"] == "finished"
+
+
 def test_checkpoint_holds_only_plain_data(tmp_path):
     """The file loads with weights_only=True; numpy state comes back as numpy."""
     config, k, column = halves("fedavg")
@@ -244,6 +275,14 @@ def test_checkpoint_holds_only_plain_data(tmp_path):
     assert ledger["rows"] and all(isinstance(r, np.ndarray) for r in ledger["rows"])
     with pytest.raises(TypeError, match="Generator"):
         checkpoint.pack({"gen": torch.Generator()})
+    values = {"u32": np.arange(6, dtype=np.uint32).reshape(2, 3), "f32": np.float32(1.5), "text": np.array(["ab"]),
+              "empty": np.zeros((0, 3)), "nan": np.float64("nan"), "pair": (1, np.int64(2))}
+    buf = io.BytesIO()
+    torch.save(checkpoint.pack(values), buf)
+    buf.seek(0)
+    back = checkpoint.unpack(torch.load(buf, weights_only=True))
+    for k, v in values.items():
+        assert type(back[k]) is type(v) and np.array_equal(back[k], v, equal_nan=k == "nan"), k
 
 
 def test_resume_with_another_config_names_the_field(tmp_path):

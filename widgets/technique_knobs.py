@@ -2,8 +2,9 @@
 
 `field_control(name, value)` turns one `lab.knobs.Knob` into an ipywidgets
 control: a dropdown for choices, a checkbox for a flag, a log slider where
-`Knob.scale == 'log'`, a slider for a number in a unit-sized range, else a
-bounded number box — min and max always from the Knob's bounds.
+`Knob.scale == 'log'` (unless 0 is allowed, meaning 'off'), a slider for a
+number in a unit-sized range, else a bounded number box — min and max always
+from the Knob's bounds.
 
 `TechniqueKnobs` holds one such control per technique-dependent field (every
 field not in `lab.config.ALWAYS`) and shows exactly those the chosen
@@ -24,7 +25,7 @@ import re
 import ipywidgets as w
 
 from lab import registry
-from lab.config import ALWAYS, COMPRESSOR_FIELDS, KNOBS, ExperimentConfig, is_read, reads
+from lab.config import ALWAYS, COMPRESSOR_FIELDS, KNOBS, ExperimentConfig, draft as config_draft, is_read, reads
 from lab.sharding.layout import divisors
 from lab.technique import LOCAL_OPTIMIZER
 
@@ -57,7 +58,7 @@ def field_control(name: str, value=None, *, description: str | None = None, styl
         low = int(k.low) + (1 if k.low_open else 0)
         high = int(k.high) - (1 if k.high_open else 0)
         return w.BoundedIntText(min=min([low, *special, value]), max=max(high, value), **kw)
-    if k.scale == "log":
+    if k.scale == "log" and value > 0 and all(s > 0 for s in special):  # a log slider cannot hold 0 ('off')
         lo, hi = log_range(k, value)
         return w.FloatLogSlider(base=10, min=lo, max=hi, step=0.05, readout_format=".3", continuous_update=False,
                                 **kw)
@@ -93,12 +94,8 @@ def settings_of(base: ExperimentConfig | dict | None) -> dict:
 
 
 def draft(technique: str, settings: dict):
-    """An unvalidated ExperimentConfig-like object with `settings` over the defaults, to ask `is_read`."""
-    d = ExperimentConfig.__new__(ExperimentConfig)
-    for name, knob in KNOBS.items():
-        object.__setattr__(d, name, settings.get(name, knob.default))
-    object.__setattr__(d, "technique", technique)
-    return d
+    """An unvalidated config with `settings` over the defaults, to ask `is_read` (lab.config.draft)."""
+    return config_draft(technique, **{k: v for k, v in settings.items() if k != "technique"})
 
 
 class FieldRow(w.HBox):

@@ -74,8 +74,8 @@ class Collective(ABC):
     @abstractmethod
     def all_reduce(self, x: torch.Tensor, *, op: str = "mean", tag: str = "", record: bool = True,
                    groups: list[list[int]] | None = None) -> torch.Tensor:
-        """(n, ...) -> (n, ...): every row is the sum (or mean) over all ranks (of its group), fp32,
-        ascending rank order."""
+        """(n, ...) -> (n, ...): every row is the sum (or mean) over all ranks (of its group), accumulated in
+        `reduction_dtype` (simulated: in ascending rank order) and returned in x's dtype."""
 
     @abstractmethod
     def reduce_scatter(self, x: torch.Tensor, *, op: str = "mean", tag: str = "",
@@ -90,7 +90,7 @@ class Collective(ABC):
 
     @abstractmethod
     def broadcast(self, x: torch.Tensor, *, src: int = 0, tag: str = "") -> torch.Tensor:
-        """(n, ...) -> (n, ...): every row becomes rank `src`'s row."""
+        """(n, ...) -> (n, ...): every row becomes rank `src`'s row (ValueError unless 0 <= src < P)."""
 
     @abstractmethod
     def all_to_all(self, x, *, tag: str = "", groups: list[list[int]] | None = None, record: bool = True):
@@ -101,7 +101,8 @@ class Collective(ABC):
 
     @abstractmethod
     def shift(self, x: torch.Tensor, *, offset: int = 1, tag: str = "") -> torch.Tensor:
-        """Ring send/recv: rank r sends its row to rank (r + offset) % P; returns what each rank received."""
+        """Ring send/recv: rank r sends its row to rank (r + offset) % P; returns what each rank received
+        (an offset that is a multiple of P returns x: nobody moves)."""
 
     def send_recv(self, x: torch.Tensor, *, pairs: list[tuple[int, int]], tag: str = "") -> torch.Tensor:
         """Point-to-point along `pairs` (src, dst), all at once; each rank sends at most once and receives at
@@ -109,13 +110,25 @@ class Collective(ABC):
         Sub-group rings (`shift` inside groups) and chains (LASP's state passing) are this op."""
         raise NotImplementedError
 
-    @staticmethod
-    def _check_pairs(pairs) -> list[tuple[int, int]]:
+    def _check_pairs(self, pairs) -> list[tuple[int, int]]:
         pairs = [(int(s), int(d)) for s, d in pairs]
         srcs, dsts = [s for s, _ in pairs], [d for _, d in pairs]
         if len(set(srcs)) != len(srcs) or len(set(dsts)) != len(dsts):
             raise ValueError(f"pairs={pairs!r} is invalid: each rank sends at most once and receives at most once")
+        if any(not 0 <= r < self.world_size for r in srcs + dsts):
+            raise ValueError(f"pairs={pairs!r} is invalid: ranks must be in 0..{self.world_size - 1}")
         return pairs
+
+    def _check_src(self, src) -> int:
+        if isinstance(src, bool) or not isinstance(src, int) or not 0 <= src < self.world_size:
+            raise ValueError(f"src={src!r} is invalid: expected a rank in 0..{self.world_size - 1}")
+        return src
+
+    @staticmethod
+    def _check_offset(offset) -> int:
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise ValueError(f"offset={offset!r} is invalid: expected an integer (any sign; multiples of P: no move)")
+        return offset
 
     @abstractmethod
     def server_reduce(self, x: torch.Tensor, *, weights: torch.Tensor, ranks: list[int], tag: str = "") -> torch.Tensor:
@@ -163,39 +176,57 @@ def merge_costs(costs: list[Cost], groups: list[list[int]]) -> Cost:
                 max(c.messages for c in costs), **extra)
 
 
+#: integer dtypes the reductions sum exactly (in int64)
+INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def reduction_dtype(x: torch.Tensor, op: str) -> torch.dtype:
+    """The dtype `all_reduce` / `reduce_scatter` accumulate `x` in, the same in every backend: floating point in
+    at least fp32 (fp64 stays fp64), integers in int64 (a sum is exact; cast back to the input's dtype it wraps
+    as that dtype does). The result always comes back in `x`'s dtype. ValueError for an op other than 'sum' or
+    'mean', for 'mean' of integers (not exact: use 'sum', or a floating dtype) and for other dtypes (bool,
+    complex)."""
+    if op not in ("sum", "mean"):
+        raise ValueError(f"op={op!r} is not supported; allowed: 'sum', 'mean'")
+    dtype = x.dtype if isinstance(x, torch.Tensor) else None
+    if dtype is not None and dtype.is_floating_point:
+        return torch.promote_types(dtype, torch.float32)
+    if dtype in INTEGER_DTYPES:
+        if op == "mean":
+            raise ValueError(f"op='mean' is invalid for a {dtype} tensor: an integer mean is not exact; use "
+                             "op='sum' (exact, in int64) or a floating-point tensor")
+        return torch.int64
+    raise ValueError(f"a tensor of dtype {dtype} cannot be reduced: expected a floating-point or integer dtype")
+
+
 def ordered_sum(rows: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """sum_r w_r * rows[r] over dim 0 in ascending r, in the rows' dtype (at least fp32). Accumulated in that
-    dtype, or in the weights' if wider: float64 weights keep a server's sum in float64 even for fp32 rows."""
+    dtype, or in the weights' if wider: float64 weights keep a server's sum in float64 even for fp32 rows.
+
+    The definition is the loop `acc += weights[r] * rows[r]`; many tiny fp32/fp64 rows (per-rank metrics, a
+    linear model over 10^5 clients) are added by one `index_add_` on the CPU instead, which adds them in the
+    same order (the same numbers, without a Python iteration per row)."""
     out = torch.promote_types(rows.dtype, torch.float32)
     acc_dtype = out if weights is None else torch.promote_types(out, weights.dtype)
-    if rows.shape[0] > 1 and rows[0].numel() <= SMALL_ROW and rows.device.type == "cpu" \
+    p = rows.shape[0]
+    if p > 1 and rows[0].numel() <= SMALL_ROW and rows.device.type == "cpu" \
             and rows.dtype in (torch.float32, torch.float64):
-        return _small_rows_ordered_sum(rows, weights, acc_dtype).to(out)
+        flat = rows.reshape(p, -1)  # (P, m)
+        if weights is not None:  # each term in the dtype the loop's product has (0-dim weight times a row)
+            term_dtype = rows.dtype if rows.dim() > 1 else torch.promote_types(rows.dtype, weights.dtype)
+            flat = weights.to(term_dtype).reshape(p, 1) * flat.to(term_dtype)
+        acc = torch.zeros(1, flat.shape[1], dtype=acc_dtype)
+        acc.index_add_(0, torch.zeros(p, dtype=torch.long), flat.to(acc_dtype))
+        return acc[0].reshape(rows.shape[1:]).to(out)
     acc = torch.zeros(rows.shape[1:], dtype=acc_dtype, device=rows.device)
-    for r in range(rows.shape[0]):
+    for r in range(p):
         acc += rows[r] if weights is None else weights[r] * rows[r]
     return acc.to(out)
 
 
 #: rows of at most this many elements are summed by `index_add_` instead of a Python loop over the rows
+#: (CPU only: on CUDA index_add_ accumulates atomically, in no fixed order)
 SMALL_ROW = 64
-
-
-def _small_rows_ordered_sum(rows: torch.Tensor, weights: torch.Tensor | None, acc_dtype) -> torch.Tensor:
-    """`ordered_sum` of many small rows (per-rank metrics, a tiny model) without a Python loop: CPU `index_add_`
-    into one accumulator row adds the rows one after the other in index order, as the loop does, so the result
-    is the same bit for bit (each term weights[r] * rows[r] formed in the dtype the loop's product has: the rows'
-    for rows with dimensions, the promoted one for scalar rows). Not on CUDA, where index_add_ accumulates
-    atomically, in no fixed order."""
-    p = rows.shape[0]
-    flat = rows.reshape(p, -1)  # (P, m)
-    if weights is not None:
-        term_dtype = rows.dtype if rows.dim() > 1 else torch.promote_types(rows.dtype, weights.dtype)
-        flat = weights.to(term_dtype).reshape(p, 1) * flat.to(term_dtype)
-    terms = flat
-    acc = torch.zeros(1, flat.shape[1], dtype=acc_dtype)
-    acc.index_add_(0, torch.zeros(p, dtype=torch.long), terms.to(acc_dtype))
-    return acc[0].reshape(rows.shape[1:])
 
 
 def mixing_pairs(weights: torch.Tensor) -> list[tuple[int, int]]:

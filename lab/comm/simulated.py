@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from lab.comm.collective import Collective, mixing_pairs, ordered_sum
+from lab.comm.collective import Collective, mixing_pairs, ordered_sum, reduction_dtype
 from lab.comm.ledger import Ledger
 from lab.comm.packet import Packet
 
@@ -18,23 +18,19 @@ class SimulatedCollective(Collective):
 
     def all_reduce(self, x, *, op="mean", tag="", record=True, groups=None):
         self._check(x)
-        if op not in ("sum", "mean"):
-            raise ValueError(f"op={op!r} is not supported; allowed: 'sum', 'mean'")
+        acc = reduction_dtype(x, op)
         groups = self._groups(groups)
         self._record("all_reduce", x, tag=tag, record=record, groups=groups)
         if groups is not None:
-            out = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, torch.float32))
+            out = torch.empty(x.shape, dtype=x.dtype)
             for g in groups:
-                acc = ordered_sum(x[g])
-                out[g] = (acc / len(g) if op == "mean" else acc).unsqueeze(0)
+                out[g] = _reduce(x[g], op, acc).to(x.dtype).unsqueeze(0)
             return out
-        acc = ordered_sum(x)
-        if op == "mean":
-            acc = acc / self.world_size
-        return acc.unsqueeze(0).expand(x.shape)
+        return _reduce(x, op, acc).to(x.dtype).unsqueeze(0).expand(x.shape)
 
     def reduce_scatter(self, x, *, op="mean", tag="", groups=None):
         self._check(x)
+        reduction_dtype(x, op)
         groups = self._groups(groups)
         p = self.world_size if groups is None else len(groups[0])
         if x.shape[1] % p:
@@ -61,6 +57,7 @@ class SimulatedCollective(Collective):
 
     def broadcast(self, x, *, src=0, tag=""):
         self._check(x)
+        self._check_src(src)
         self._record("broadcast", x, tag=tag, record=True)
         return x[src].unsqueeze(0).expand(x.shape)
 
@@ -86,6 +83,7 @@ class SimulatedCollective(Collective):
 
     def shift(self, x, *, offset=1, tag=""):
         self._check(x)
+        offset = self._check_offset(offset)
         p = self.world_size
         self.record_peers([(r, (r + offset) % p) for r in range(p)], x[0].numel() * x.element_size(),
                           op="shift", tag=tag)
@@ -105,9 +103,18 @@ class SimulatedCollective(Collective):
         self._check(x)
         ranks = sorted(ranks)
         self._record("server_gather", x, tag=tag, record=True, ranks=ranks)
+        if ranks == list(range(self.world_size)):  # every rank: the rows as they are, no gathered copy
+            return ordered_sum(x, weights)
         return ordered_sum(x[ranks], weights[ranks])
 
     def mix(self, x, *, weights, tag=""):
         self._check(x)
         self.record_peers(mixing_pairs(weights), x[0].numel() * x.element_size(), op="mix", tag=tag)
         return torch.stack([ordered_sum(x, weights[i]) for i in range(self.world_size)])
+
+
+def _reduce(rows: torch.Tensor, op: str, acc: torch.dtype) -> torch.Tensor:
+    """(k, ...) -> (...): the sum (or mean) of the rows in dtype `acc` (floats: ascending rank order; integers:
+    exact in int64, so the order does not matter)."""
+    total = ordered_sum(rows.to(acc)) if acc.is_floating_point else rows.to(acc).sum(0)
+    return total / rows.shape[0] if op == "mean" else total

@@ -26,7 +26,7 @@ from lab.comm import Ledger, SimulatedCollective
 from lab.compress import COMPRESSORS, build_channel
 from lab.compress.registry import spec
 from lab.data import load_dataset
-from lab.models import build_model
+from lab.models import model_for
 from lab.topology import for_config
 
 #: the keys of one `Probe.knob` row
@@ -36,7 +36,7 @@ COLUMNS = ("compressor", "target", "parameter", "algorithm", "payload_ratio", "t
 class Probe:
     def __init__(self, config, *, seed: int = 0):
         data = load_dataset(config.dataset, seed=config.seed, num_workers=config.num_workers)
-        spec_ = build_model(config.model, data, seed=config.seed)
+        spec_ = model_for(config, data)
         self.cluster = Cluster(spec_.module, num_workers=1, loss_fn=spec_.loss_fn)
         self.shapes = self.cluster.shapes
         self.dim = self.cluster.dim

@@ -113,6 +113,16 @@ def predict_bytes(**kw) -> dict[str, float]:
 
 def predict_for_config(config, *, num_params: int, numels=None) -> dict[str, float]:
     """`predict_bytes` of an ExperimentConfig (its topology with pinned algorithms, lab.topology.for_config)."""
+    return predict_bytes(**config_kwargs(config, num_params=num_params, numels=numels))
+
+
+def calls_for_config(config, *, num_params: int, numels=None) -> list[dict]:
+    """`composed_calls` of an ExperimentConfig (each row also carries the call's simulated `seconds`)."""
+    return composed_calls(**config_kwargs(config, num_params=num_params, numels=numels))
+
+
+def config_kwargs(config, *, num_params: int, numels=None) -> dict:
+    """The `composed_calls` arguments of an ExperimentConfig."""
     from lab.sharding.options import degree, hpz_size_of
     from lab.topology import for_config
 
@@ -129,7 +139,7 @@ def predict_for_config(config, *, num_params: int, numels=None) -> dict[str, flo
         kw["sync_period"] = config.sync_period
     if config.technique == "streaming_diloco":
         kw.update(num_fragments=config.num_fragments, outer_bits=config.outer_bits, outer_format=config.outer_format)
-    return predict_bytes(**kw)
+    return kw
 
 
 def predict_memory(num_params: int, *, technique: str, zero_stage: int, sharding_degree: int,
@@ -146,7 +156,7 @@ def predict_memory(num_params: int, *, technique: str, zero_stage: int, sharding
 
 # ---- pieces -------------------------------------------------------------------------------------------------
 def _row(tag: str, op: str, every: int, cost) -> dict:
-    return {"tag": tag, "op": op, "every": every, "algorithm": cost.algorithm,
+    return {"tag": tag, "op": op, "every": every, "algorithm": cost.algorithm, "seconds": float(cost.seconds),
             **{k: float(np.sum(cost.bytes[k])) for k in LINK_CLASSES}}
 
 

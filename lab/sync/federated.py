@@ -175,12 +175,15 @@ class Federated(Technique):
         direction(g (S, d), y (S, d), mine) -> (S, d) replaces the raw gradient g as the SGD direction.
         All clients step together, one (S, ·) tensor operation per step; clients with fewer steps than the
         longest are masked once their steps are done (they still draw their batches, so every client's data
-        stream advances by the round's longest count, as it always has).
+        stream advances by the round's longest count, as it always has). When the clients are all the rows
+        this process holds, in order, they train in the cluster's rows themselves (no copy in or out).
         """
         c = self.config
         mine, rows = ctx.cluster.rows_of(clients)  # (S,) the clients held here, (S,) their rows
         steps = self.client_steps[mine]  # (S,)
-        y = start.expand(len(mine), -1).clone()  # (S, d)
+        in_place = len(rows) == ctx.cluster.num_local and torch.equal(rows, torch.arange(len(rows)))
+        y = ctx.cluster.params.detach() if in_place else start.new_empty(len(mine), start.shape[0])
+        y.copy_(start.expand_as(y))  # (S, d) every client starts from `start`
         loss_sum = torch.zeros(len(mine), dtype=torch.float64, device=y.device)
         grad_sum = torch.zeros_like(y) if self.keeps_grad_mean else None
         if len(mine):
@@ -190,6 +193,7 @@ class Federated(Technique):
                 else None  # (T, S, 1)
             ids = mine.tolist()
             buf = None  # the momentum buffer (fresh each round); without momentum the step is the direction
+            step = torch.empty_like(y)  # lr · buf, into the same memory every step
             for t in range(horizon):
                 ctx.check_stop()
                 xb, yb = ctx.batches.next(mine)
@@ -200,16 +204,17 @@ class Federated(Technique):
                 d = g if direction is None else direction(g, y, ids)
                 buf = d if buf is None or not c.momentum else c.momentum * buf + d
                 if active is None:
-                    y = y - c.lr * buf
+                    y -= torch.mul(buf, c.lr, out=step)
                     loss_sum += losses.double()
                     if grad_sum is not None:
                         grad_sum += g
                 else:
-                    y = y - c.lr * active[t] * buf
+                    y -= torch.mul(c.lr * active[t], buf, out=step)
                     loss_sum += losses.double() * active[t].squeeze(1).double()
                     if grad_sum is not None:
                         grad_sum += active[t] * g
-            ctx.cluster.set_rows(y, rows)
+            if not in_place:
+                ctx.cluster.set_rows(y, rows)
         div = steps.clamp(min=1).to(y.device)
         grad_mean = None if grad_sum is None else grad_sum / div.unsqueeze(1).float()
         return LocalTraining(mine.tolist(), rows.tolist(), y, loss_sum / div.double(), grad_mean)
