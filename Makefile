@@ -85,14 +85,16 @@ lab: $(STAMP)
 # without the code. Token auth as for `make lab`: a fresh token each start, the URL with it printed first, the
 # token passed in the environment (JUPYTER_TOKEN; --Voila.auto_token=True makes Voila require one and
 # jupyter_server's IdentityProvider reads it from there), never on the command line. Voila, unlike JupyterLab,
-# runs as root without an --allow-root. Tracebacks are shown: the server listens on the loopback only.
+# runs as root without an --allow-root. Tracebacks are shown: the server listens on the loopback only. Runs are
+# saved under the repository's runs/ (the kernel's working directory is notebooks/), or $COMMLAB_RUNS_DIR if set.
 # tests/test_dashboard_voila.py runs this recipe (`make -o <stamp> dashboard DASHBOARD_PORT=...`).
 dashboard: $(STAMP)
 	@TOKEN=$$($(PYTHON) -c 'import secrets; print(secrets.token_hex(16))'); \
 	echo ""; \
 	echo "  commlab dashboard: http://127.0.0.1:$(DASHBOARD_PORT)/?token=$$TOKEN"; \
 	echo ""; \
-	JUPYTER_TOKEN=$$TOKEN exec $(VENV)/bin/voila $(DASHBOARD) --no-browser \
+	JUPYTER_TOKEN=$$TOKEN COMMLAB_RUNS_DIR="$${COMMLAB_RUNS_DIR:-$(CURDIR)/runs}" \
+	  exec $(VENV)/bin/voila $(DASHBOARD) --no-browser \
 	  --Voila.ip=127.0.0.1 --Voila.port=$(DASHBOARD_PORT) --Voila.port_retries=0 --Voila.auto_token=True \
 	  --VoilaConfiguration.show_tracebacks=True
 

@@ -27,7 +27,7 @@ import threading
 import time
 
 #: the workload
-EXAMPLES, BATCH, HIDDEN, LR, SEED = 32, 16, 128, 0.1, 0
+EXAMPLES, BATCH, HIDDEN, LR, SEED = 16, 8, 128, 0.5, 0
 STEPS = EXAMPLES // BATCH  # local steps per round (one epoch)
 
 
@@ -138,7 +138,7 @@ def run_loop(n: int, rounds: int, gate: Gate) -> float:
         t0 = time.perf_counter()
         total = torch.zeros_like(global_)
         for i in range(n):
-            vector_to_parameters(global_, model.parameters())
+            vector_to_parameters(global_.clone(), model.parameters())  # (the parameters become views of it)
             for t in range(STEPS):
                 idx = order[r, t, i]
                 loss = F.cross_entropy(model(x[idx]), y[idx])

@@ -1,8 +1,8 @@
 """Seconds per federated round: commlab against a per-client module loop, a hand-vmapped FedAvg round and
 Flower's simulation engine, on one workload, interleaved, in one run.
 
-Workload (bench/_fl_systems.py): FedAvg on digits, MLP 64-128-10, N clients of 32 examples each (the lab's
-`examples_per_worker`, one partition for all), one local epoch (2 SGD steps of 16) per round, every client
+Workload (bench/_fl_systems.py): FedAvg on digits, MLP 64-128-10, N clients of 16 examples each (the lab's
+`examples_per_worker`, one partition for all), one local epoch (2 SGD steps of 8) per round, every client
 every round, one torch thread per process; all contenders train on the same batches in the same order from
 the same initial weights. Each contender runs in its own process; after its first round the coordinator asks
 each in turn for k more rounds, `--reps` times, rotating the order, so slow and fast moments of a shared

@@ -187,6 +187,8 @@ class Clock:
     def _log(self, ranks, kind, label, start, end):
         if len(self._events) >= self.max_events:
             return
-        for r in ranks:
-            if end[r] > start[r]:
-                self._events.append((int(r), kind, label, self.step, float(start[r]), float(end[r])))
+        ranks = np.asarray(ranks, dtype=np.int64)
+        ranks = ranks[end[ranks] > start[ranks]]  # the ranks the event took time on, in the given order
+        n = len(ranks)
+        self._events.extend(zip(ranks.tolist(), [kind] * n, [label] * n, [self.step] * n, start[ranks].tolist(),
+                                end[ranks].tolist()))

@@ -48,6 +48,7 @@ class Cluster:
         row = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()])
         self.params = row.unsqueeze(0).repeat(len(self.ranks), 1).requires_grad_(True)  # (n, d)
         self.buffers = {k: v.detach() for k, v in model.named_buffers()}
+        self._scratch: dict[str, torch.Tensor] = {}
         # gradients w.r.t. each parameter tensor, then one concatenation: differentiating w.r.t. the flat
         # row would materialize a full-size zero tensor per parameter in the backward of its slice
         # (about 4.5x the parameter bytes at the peak, against 2x this way; the numbers are identical)
@@ -95,14 +96,15 @@ class Cluster:
         """x: (n, B, ...) -> outputs (n, B, ...), one batch per row."""
         return self._vforward(self.params if params is None else params, x)
 
-    def loss_and_grad(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
-        """Per-row loss (n,) and gradient (n, d) at `params` (n, d); nothing is written."""
+    def loss_and_grad(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, out: torch.Tensor | None = None):
+        """Per-row loss (n,) and gradient (n, d) at `params` (n, d); nothing else is written. `out` (n, d): where
+        to put the gradient (a buffer reused step after step saves allocating, and faulting in, n·d floats)."""
         p = params.detach()
         n = p.shape[0]
         named = {k: p.narrow(1, o, c).view(n, *s)
                  for k, o, c, s in zip(self.names, self.offsets, self.numels, self.shapes)}
         grads, losses = self._vgrad(named, x, y)
-        flat = torch.cat([grads.pop(k).reshape(n, -1) for k in self.names], dim=1)  # (n, d)
+        flat = torch.cat([grads.pop(k).reshape(n, -1) for k in self.names], dim=1, out=out)  # (n, d)
         return losses.detach(), flat
 
     def losses(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -130,6 +132,14 @@ class Cluster:
             outs = [functional_call(self.model, (self.unflatten(row), self.buffers), (x[i:i + batch_size],))
                     for i in range(0, x.shape[0], batch_size)]
         return torch.cat(outs)
+
+    def scratch(self, name: str, rows: int) -> torch.Tensor:
+        """A (rows, d) buffer kept between calls under `name`, contents undefined: filling big rank-stacked
+        buffers every step costs far less than allocating (and faulting in) fresh ones."""
+        buf = self._scratch.get(name)
+        if buf is None or buf.shape[0] < rows:
+            buf = self._scratch[name] = self.params.new_empty(rows, self.dim, requires_grad=False)
+        return buf[:rows]
 
     def set_rows(self, value: torch.Tensor, rows: Sequence[int] | None = None):
         """Overwrite local rows (all by default) with `value` ((d,) or (len(rows), d))."""

@@ -48,6 +48,7 @@ import torch
 
 from lab.data import Dataset, load_dataset
 from lab.models import model_for
+from lab.paths import runs_dir as runs_root
 
 CHOICES = ("auto", "on", "off")
 RECIPE = "v1"  # bump when the recipe below changes: it is part of the cache key
@@ -113,7 +114,7 @@ def cache_key(config, seed: int) -> dict:
 
 
 def cache_path(config, seed: int, runs_dir: str | Path | None = None) -> Path:
-    root = Path(runs_dir) if runs_dir is not None else Path(os.environ.get("COMMLAB_RUNS_DIR", "runs"))
+    root = Path(runs_dir) if runs_dir is not None else runs_root()
     digest = hashlib.sha256(json.dumps(cache_key(config, seed), sort_keys=True).encode()).hexdigest()[:16]
     return root / "pretrained" / f"{config.model}-{config.dataset}-{digest}.pt"
 

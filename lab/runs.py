@@ -1,9 +1,10 @@
 """Runs on disk: a Run's tables, its honest status, atomic writes, and the runs table.
 
 A run directory `runs/<id>/` holds config.json, status.json, metrics.parquet,
-ledger.parquet and model.pt (and checkpoint.pt, with `checkpoint_every`: lab.checkpoint). status.json is written before training starts
-("starting", with the process id and host), then "running", and at the end one
-of: finished, stopped (Stop pressed), interrupted (Ctrl-C or SIGTERM), diverged
+ledger.parquet and model.pt (and checkpoint.pt, with `checkpoint_every`: lab.checkpoint).
+status.json is written before training starts ("starting", with the process id and
+host), then "running", and at the end one of: finished, stopped (Stop pressed),
+interrupted (Ctrl-C or SIGTERM), diverged
 (a non-finite loss, gradient or parameter; with the step and the quantity),
 failed (an error; with its message). A directory whose status still says
 running/starting but whose process is gone reads back as "crashed".
@@ -28,6 +29,7 @@ import pandas as pd
 import torch
 
 from lab.config import ExperimentConfig
+from lab.paths import runs_dir
 
 STATUSES = ("starting", "running", "finished", "stopped", "interrupted", "diverged", "failed", "crashed")
 _ids = itertools.count()
@@ -150,7 +152,8 @@ def save(run: Run) -> None:
 
 
 def default_runs_dir() -> Path:
-    return Path(os.environ.get("COMMLAB_RUNS_DIR", "runs"))
+    """$COMMLAB_RUNS_DIR, else `runs/` at the repository root whatever the working directory (lab.paths)."""
+    return runs_dir()
 
 
 def runs_table(root=None) -> pd.DataFrame:

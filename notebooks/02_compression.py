@@ -50,7 +50,6 @@ from pathlib import Path
 
 import altair as alt
 import pandas as pd
-import torch
 
 import widgets
 from lab.compress.knob import Probe
@@ -58,7 +57,6 @@ from lab.compress.registry import NO_FEEDBACK
 from lab.config import config_for
 from lab.experiment import run
 
-torch.set_num_threads(1)  # small models: one thread is faster
 _ = widgets.enable_offline()  # charts render without internet
 
 # %% [markdown]

@@ -39,7 +39,7 @@ graphs = ["ring", "torus", "exponential", "one_peer_exponential", "complete"]
 gossip_ranks = 16
 gossip_steps = 60
 overlap_steps = 4  # DDP steps of the small GPT for the timeline
-netlab_path = "../bench/results/netlab.json"  # what bench/netlab.py measured
+netlab_path = "bench/results/netlab.json"  # what bench/netlab.py measured (relative to the repository root)
 metrics_path = ""  # if set, results are written here as JSON
 
 # %%
@@ -49,15 +49,14 @@ from pathlib import Path
 
 import altair as alt
 import pandas as pd
-import torch
 
 import widgets
 from lab import gossip, topology as topo
 from lab.config import config_for, dropped
 from lab.experiment import ExperimentConfig, run
+from lab.paths import resolve
 from widgets.topology_view import TopologyView, consensus_chart, gantt_chart, predicted_vs_measured_chart
 
-torch.set_num_threads(1)  # small models: one thread is faster
 warnings.filterwarnings("ignore", message=".*batching rule.*")  # vmap falls back for attention on CPU
 _ = widgets.enable_offline()  # charts render without internet
 
@@ -212,7 +211,7 @@ clock
 # is a perfect prediction.
 
 # %%
-netlab = json.loads(Path(netlab_path).read_text())
+netlab = json.loads(resolve(netlab_path).read_text())
 measured = pd.DataFrame(netlab["rows"])
 widgets.show(predicted_vs_measured_chart(measured))
 

@@ -63,7 +63,6 @@ from lab.sequence.report import exactness, reference_losses
 from lab.sequence.star import star_gpt_error
 from widgets.sequence import SequenceExplorer, bytes_chart, memory_chart, time_chart
 
-torch.set_num_threads(1)
 _ = widgets.enable_offline()  # charts render without internet
 
 # %% [markdown]

@@ -62,7 +62,6 @@ from lab.moe.ep import moe_shape
 from lab.moe.layer import init_experts
 from lab.moe.scmoe import exposed_seconds, timeline
 
-torch.set_num_threads(1)
 _ = widgets.enable_offline()  # charts render without internet
 
 # %% [markdown]

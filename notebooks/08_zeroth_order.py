@@ -39,13 +39,11 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 import widgets
 from lab.config import config_for, dropped
 from lab.experiment import run
 
-torch.set_num_threads(1)  # small models: one thread is faster
 _ = widgets.enable_offline()  # charts render without internet
 
 # %% [markdown]

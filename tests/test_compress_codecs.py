@@ -100,7 +100,7 @@ def test_scaled_sign_and_majority_vote():
     assert torch.allclose(c.decompress(p), v.abs().mean(1, keepdim=True) * torch.where(v < 0, -1.0, 1.0))
     m = MajorityVote()
     signs = m.decompress(m.compress(v))
-    assert m.compress(v).nbytes() == D // 8 and torch.equal(signs, torch.where(v < 0, -1.0, 1.0))
+    assert m.compress(v).nbytes() == D // 8 + 1 and torch.equal(signs, torch.where(v < 0, -1.0, 1.0))  # + a flag byte
     votes = torch.tensor([[1.0, 1, -1], [1, -1, -1], [1, -1, 1]])  # 3 workers, 3 coordinates
     assert torch.equal(m.aggregate(votes, torch.ones(3) / 3), torch.tensor([1.0, -1, -1]))
 

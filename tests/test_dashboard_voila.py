@@ -99,7 +99,8 @@ def voila_dashboard(tmp_path_factory) -> VoilaDashboard:
     log_path = state / "make_dashboard.log"
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "JUPYTER_TOKEN"}
-    env.update(JUPYTER_RUNTIME_DIR=str(state / "runtime"), PYTHONUNBUFFERED="1")
+    # runs the dashboard saves go to the test's tmp dir, not the developer's runs/
+    env.update(JUPYTER_RUNTIME_DIR=str(state / "runtime"), PYTHONUNBUFFERED="1", COMMLAB_RUNS_DIR=str(state / "runs"))
     # -o: take the install stamp as up to date, so the test never reinstalls the shared venv
     cmd = ["make", "-s", "-o", str(venv / ".installed"), "dashboard", f"VENV={venv}", f"DASHBOARD_PORT={port}"]
     with open(log_path, "wb") as log:

@@ -3,9 +3,9 @@ the rank and the collective, and rank 0's status.json says 'failed' with that re
 the job ends sooner.
 
 One of 4 gloo ranks of a long DDP run is frozen with SIGSTOP once training is under way. Times are wall-clock
-bounds with slack for process teardown on a loaded 2-core machine: detection within comm_timeout + 3 s (the
-last wait slice, the diagnosis and saving), the whole job within that plus 2 × grace (the launcher's SIGTERM and
-SIGKILL rounds).
+bounds with slack for a loaded 2-core machine: rank 0 writes 'failed' within comm_timeout + 3 s of the freeze (the
+last wait slice, the diagnosis and saving) and every process is gone 2 s later (the launcher kills the stopped
+rank at once; the others exit on their own).
 """
 from __future__ import annotations
 
@@ -61,12 +61,12 @@ def test_a_frozen_rank_ends_the_job_within_comm_timeout_naming_it(tmp_path):
     timeout = 10.0
     failed_after, ended, status, message = _freeze_rank(tmp_path, 2, comm_timeout=timeout)
     assert status["status"] == "failed"
-    assert re.search(rf"rank 2 \(silent [\d.]+ s\) stopped answering", status["error"]), status["error"]
+    assert re.search(r"rank 2 \(silent [\d.]+ s\) stopped answering", status["error"]), status["error"]
     assert re.search(rf"rank 0: {COLLECTIVES}", status["error"]), status["error"]
     assert re.search(rf"{COLLECTIVES}.* got no answer within comm_timeout=10 s", message), message
     assert "rank 2 (silent" in message
     assert failed_after <= timeout + 3.0, failed_after
-    assert ended <= timeout + 3.0 + 2 * GRACE + 2.0, ended
+    assert ended <= timeout + 5.0, ended
 
 
 def test_the_heartbeat_ends_it_sooner(tmp_path):
@@ -76,4 +76,4 @@ def test_the_heartbeat_ends_it_sooner(tmp_path):
     assert re.search(rf"rank 0: {COLLECTIVES}", status["error"]), status["error"]
     assert "heartbeat_timeout=2 s" in message, message
     assert failed_after <= 2.0 + 4.0, failed_after  # the silence, a beat or two, the wait slice, saving
-    assert ended <= 2.0 + 4.0 + 2 * GRACE + 2.0, ended
+    assert ended <= 2.0 + 6.0, ended

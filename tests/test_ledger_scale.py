@@ -100,3 +100,17 @@ def test_state_dict_round_trips_through_a_checkpoint():
     _steps(again, 1)
     _steps(ledger, 1)
     assert again.table().equals(ledger.table()) and again.traffic == ledger.traffic
+
+
+@pytest.mark.slow
+def test_the_benchmark_prints_the_peak_and_the_ratio_to_the_old_matrix():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "bench" / "ledger_scale.py"), "--sizes", "100", "1000"],
+                         capture_output=True, text=True, cwd=root, timeout=600, check=True).stdout
+    lines = [line.split() for line in out.splitlines() if line.strip().split()[:1] in (["100"], ["1000"])]
+    assert [row[0] for row in lines] == ["100", "1000"] and all(row[1] == "finished" for row in lines), out
+    assert "Ledger bytes grow" in out and "within 4 GB" in out, out

@@ -45,3 +45,10 @@ def test_federated_notebook(execute):  # noqa: F811
     assert runs["SCALLION rand-k"]["uplink_vs_fedavg"] <= 0.1
     assert runs["FedVote"]["uplink_vs_fedavg"] < 1 / 32
     assert 0 < runs["PGFed"]["personal_accuracy"] <= 1
+    # adapters fine-tune the same pre-trained backbone as full fine-tuning, for a fraction of its uplink
+    adapters = m["adapters"]
+    assert set(adapters) == {"full fine-tuning", "FedPEFT (LoRA)", "FedEx-LoRA", "DP-LoRA", "CELLM"}
+    for label, a in adapters.items():
+        assert a["status"] == "finished" and a["accuracy"] > 0.2, label
+        if label != "full fine-tuning":
+            assert a["uplink_vs_full"] < 0.5, label

@@ -30,6 +30,8 @@ from widgets.knobs import (
     technique_picker,
     topology_picker,
 )
+from widgets.lab import Lab
+from widgets.lab_runs import RunsTable
 from widgets.run_panel import RunPanel
 from widgets.sharding import ShardingExplorer, sharding_slider
 from widgets.technique_knobs import TechniqueKnobs
@@ -42,7 +44,8 @@ from widgets.topology_view import (
 )
 
 __all__ = [
-    "CompressionKnobs", "KnobPanel", "LiveChart", "RunPanel", "ShardingExplorer", "TechniqueKnobs", "TopologyView",
+    "CompressionKnobs", "KnobPanel", "Lab", "LiveChart", "RunPanel", "RunsTable", "ShardingExplorer", "TechniqueKnobs",
+    "TopologyView",
     "compression_ratio_slider", "compressor_frame", "compressor_picker", "consensus_chart", "dashboard",
     "enable_offline", "error_feedback_picker", "frame", "gantt_chart", "loss_chart", "loss_vs_bytes",
     "loss_vs_bytes_chart", "loss_vs_step", "loss_vs_time", "predicted_vs_measured_chart", "ratio_of", "run_label",

@@ -219,6 +219,11 @@ def ordered_sum(rows: torch.Tensor, weights: torch.Tensor | None = None) -> torc
         acc.index_add_(0, torch.zeros(p, dtype=torch.long), flat.to(acc_dtype))
         return acc[0].reshape(rows.shape[1:]).to(out)
     acc = torch.zeros(rows.shape[1:], dtype=acc_dtype, device=rows.device)
+    if weights is not None and rows.dim() > 1 and rows.dtype in (torch.float32, torch.float64):
+        term = torch.empty_like(acc)  # weights[r] * rows[r], formed in the rows' dtype, then held in acc's
+        for row, w in zip(rows, weights.tolist()):
+            acc += torch.mul(row, w, out=term)
+        return acc.to(out)
     for r in range(p):
         acc += rows[r] if weights is None else weights[r] * rows[r]
     return acc.to(out)

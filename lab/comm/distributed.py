@@ -12,6 +12,9 @@ as the heartbeat (`lab.comm.heartbeat`) says a peer has been silent for
 rank, the collective, its tag and step, and the rank(s) whose heartbeat went
 silent. The process group itself gets the same timeout (`init_process_group`),
 so gloo gives up on its side too. Without a timeout the wait is gloo's.
+A process whose collective failed cannot leave its process group (gloo waits
+for the operation still pending), so at interpreter exit it ends with
+`os._exit(1)` after the exit handlers registered later than this module.
 
 Sub-groups (`groups=`) become `torch.distributed` groups made with
 `dist.new_group`, cached by their layout. Every process creates every group of a
@@ -21,7 +24,9 @@ same order everywhere, as `new_group` requires.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 import time
 from datetime import timedelta
 
@@ -32,6 +37,19 @@ from lab.comm import heartbeat
 from lab.comm.collective import Collective, mixing_pairs, ordered_sum, reduction_dtype
 from lab.comm.ledger import Ledger
 from lab.comm.packet import Packet
+
+_broken = False  # a collective of this process failed: its process group cannot be torn down
+
+
+@atexit.register
+def _exit_if_broken() -> None:
+    if _broken:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - exiting anyway
+                pass
+        os._exit(1)
 
 
 class CollectiveError(RuntimeError):
@@ -122,6 +140,8 @@ class DistributedCollective(Collective):
                     raise self._failure(op, tag, start, None) from None
 
     def _failure(self, op: str, tag: str, start: float, error: Exception | None) -> CollectiveError:
+        global _broken
+        _broken = True
         waited = time.monotonic() - start
         what = f"rank {self.rank}: {op}" + (f" (tag {tag!r})" if tag else "") + f" at step {self.ledger.step}"
         if error is None:

@@ -59,7 +59,7 @@ class Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5 * self.period + 5)
+            self._thread.join(timeout=2.0)  # a store op in flight ends by its own timeout; the thread is a daemon
 
     def _loop(self) -> None:
         while not self._stop.wait(self.period):

@@ -96,6 +96,8 @@ class Ledger:
                 self._totals[c] += rows[c]
         self.seconds += cost.seconds
         tr = getattr(cost, "traffic", None)
+        if isinstance(tr, np.ndarray):  # a dense matrix from a hand-made Cost: keep only its non-zero pairs
+            tr = Traffic(tr.shape[0], *np.nonzero(tr), tr[np.nonzero(tr)])
         if tr is not None and tr.n == self.topology.num_ranks + 1 and tr.nnz:
             self._pending.append(tr)
             self._pending_pairs += tr.nnz

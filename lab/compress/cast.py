@@ -3,7 +3,8 @@
 The cheapest compressor, and the one OpenDiLoCo uses for pseudo-gradients
 (spec Part A §A3). Round-to-nearest, so biased, with a relative error per
 coordinate of at most 2^-11 (fp16) or 2^-8 (bf16) inside the format's range;
-fp16 overflows beyond ±65504 (values are clamped there) and loses values below
+fp16 overflows beyond ±65504 (finite values are clamped there; NaN and ±inf are
+sent as they are, so a diverged sender stays visible) and loses values below
 about 6e-8, bf16 keeps fp32's range.
 
 What is sent: d half-precision values, 2d bytes. Half-precision payloads sum,
@@ -39,7 +40,7 @@ class HalfPrecision(Compressor):
 
     def compress(self, v, *, ranks=None):
         if self.dtype == torch.float16:
-            v = v.clamp(-65504.0, 65504.0)
+            v = torch.where(v.isinf(), v, v.clamp(-65504.0, 65504.0))  # saturate finite values only
         return Packet({"values": v.to(self.dtype)})
 
     def decompress(self, packet):

@@ -60,6 +60,8 @@ def kmeans_with_zero(x: np.ndarray, iters: int = 4) -> tuple[np.ndarray, np.ndar
 
     Symbol 0 is the zero centroid, 1 the negative one (init min), 2 the positive one (init max).
     """
+    bad, raw = ~np.isfinite(x), x
+    x = np.where(bad, 0.0, x).astype(x.dtype)  # clustered without NaN/inf; they get their cluster at the end
     c = np.array([0.0, min(float(x.min()), 0.0), max(float(x.max()), 0.0)], dtype=np.float32)
     sym = np.zeros(len(x), dtype=np.int64)
     for _ in range(iters + 1):
@@ -69,6 +71,12 @@ def kmeans_with_zero(x: np.ndarray, iters: int = 4) -> tuple[np.ndarray, np.ndar
             members = x[sym == s]
             if len(members):
                 c[s] = members.mean(dtype=np.float64)
+    if bad.any():  # NaN / -inf join the negative cluster, +inf the positive one, whose centroid becomes non-finite
+        sym[bad] = np.where(raw[bad] == np.inf, 2, 1)  # so the receiver decodes them non-finite: divergence shows
+        for s in (1, 2):
+            hit = raw[bad & (sym == s)]
+            if len(hit):
+                c[s] = np.nan if np.isnan(hit).any() or len(set(hit.tolist())) > 1 else hit[0]
     return sym, c
 
 

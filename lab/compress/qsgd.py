@@ -11,6 +11,10 @@ level in ⌈log2(s+1)⌉ bits, packed as one b-bit code with b = 1 + ⌈log2(s+1
 (≤ 8): ⌈d·b/8⌉ + 4⌈d/B⌉ bytes. The paper's Elias coding of the levels is not
 used (the simple packing of the spec).
 
+Overflow and divergence: the norm is computed in fp64 (an fp32 norm overflows
+for values from about 1e19 and made them NaN); a bucket holding NaN or inf
+sends a non-finite norm, so it decodes to NaN and receivers see the divergence.
+
 Knob: ratio r -> b = ⌊32 (r - 1/B)⌋ clamped to 2..8 bits, s = 2^(b-1) - 1
 (b = 2 is ternary, s = 1; b = 8 gives s = 127).
 
@@ -62,12 +66,13 @@ class QSGD(Compressor):
         n, d = v.shape
         segments = self.segment_lengths(d)
         b = torch.cat([blocks_of(p, self.bucket) for p in v.split(segments, dim=1)], dim=1)  # (n, nb, B)
-        norms = b.norm(dim=2)  # (n, nb)
+        norms = bucket_norms(b)  # (n, nb) fp32, what is sent
         safe = torch.where(norms > 0, norms, torch.ones_like(norms))
-        r = self.s * b.abs() / safe.unsqueeze(2)  # in [0, s]
+        r = b.abs() / safe.unsqueeze(2) * self.s  # in [0, s] (divided first: s·|v| could overflow)
         gens = self._generators(n, ranks)
         u = torch.stack([torch.rand(r.shape[1:], generator=g) for g in gens])  # (n, nb, B)
-        level = torch.floor(r + u).clamp(max=self.s)  # l + 1 with probability r - l
+        level = torch.floor(r + u).clamp(max=self.s).nan_to_num(0.0)  # l + 1 with probability r - l
+        # (a non-finite bucket sends a non-finite norm: its values decode to NaN, so divergence stays visible)
         sign = (b < 0).to(torch.uint8)
         code = (level.to(torch.uint8) << 1 | sign).reshape(n, -1)[:, _kept(segments, self.bucket)]  # (n, d)
         return Packet({"codes": pack_uint(code, self.bits), "norms": norms}, meta={"d": d, "segments": segments})
@@ -78,7 +83,16 @@ class QSGD(Compressor):
         level = (code >> 1).float()
         sign = 1.0 - 2.0 * (code & 1).float()
         norms = packet.tensors["norms"].repeat_interleave(self.bucket, dim=1)[:, _kept(segments, self.bucket)]
-        return norms * sign * level / self.s
+        return norms * (sign * level / self.s)  # level / s <= 1 first: norm · level could overflow
+
+
+def bucket_norms(b: torch.Tensor) -> torch.Tensor:
+    """(n, nb, B) -> (n, nb) L2 norms without overflow: computed in fp64 (fp32 squares overflow from about
+    1.8e19), a finite norm beyond fp32's range sent as fp32's largest value (its levels then saturate at s),
+    a non-finite one (NaN or inf in the bucket) sent as it is."""
+    n64 = b.double().norm(dim=2)
+    big = torch.finfo(torch.float32).max
+    return torch.where(torch.isfinite(n64), n64.clamp(max=big), n64).float()
 
 
 def _kept(segments, bucket: int) -> torch.Tensor:

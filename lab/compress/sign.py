@@ -8,8 +8,11 @@ contraction ||v||₁² / (d ||v||²) depends on v and is at least 1/d (reported 
 ||v_l||₁ / d_l: ⌈d/8⌉ + 4 · (number of tensors) bytes.
 
 `MajorityVote` (signSGD with majority vote, Bernstein et al. 2018): each worker
-sends sign(v) (⌈d/8⌉ bytes, no scale) and the aggregate is the elementwise
-majority sign(Σ_i sign(v_i)) (0 on a tie); the optimizer steps along the vote,
+sends sign(v) (⌈d/8⌉ bytes, no scale) and one byte saying whether v was finite
+(a sign bit cannot carry NaN: a worker whose v holds NaN or inf decodes to NaN,
+so the vote is NaN and receivers see the divergence instead of ±1); the
+aggregate is the elementwise majority sign(Σ_i sign(v_i)) (0 on a tie); the
+optimizer steps along the vote,
 so the learning rate sets the step per coordinate. Here every rank gathers the
 signs and computes the vote itself (no server downlink). Biased towards the
 median worker under heterogeneity; it takes no error feedback.
@@ -40,7 +43,9 @@ class ScaledSign(Compressor):
 
     def compress(self, v, *, ranks=None):  # v: (n, d)
         segments = self.segment_lengths(v.shape[1])
-        scale = torch.stack([p.abs().mean(dim=1) for p in v.float().split(segments, dim=1)], dim=1)  # (n, S)
+        # (n, S) the mean |v| per segment, summed in fp64 (an fp32 sum of values near 3e38 overflows); NaN or inf
+        # in a segment make its scale non-finite, so the decoded vector is too
+        scale = torch.stack([p.abs().mean(dim=1) for p in v.double().split(segments, dim=1)], dim=1).float()
         return Packet({"signs": pack_bits(v < 0), "scale": scale}, meta={"d": v.shape[1], "segments": segments})
 
     def decompress(self, packet):
@@ -52,7 +57,7 @@ class ScaledSign(Compressor):
 class MajorityVote(Compressor):
     name = "majority_vote"
     unbiased = False
-    knob = "none: 1 bit per value"
+    knob = "none: 1 bit per value (+ 1 byte: finite or not)"
 
     def contraction(self, d):
         return None  # ±1 entries do not shrink towards v
@@ -61,13 +66,15 @@ class MajorityVote(Compressor):
         return "1 bit/value, majority vote"
 
     def compress(self, v, *, ranks=None):
-        return Packet({"signs": pack_bits(v < 0)}, meta={"d": v.shape[1]})
+        finite = torch.isfinite(v).all(dim=1, keepdim=True).to(torch.uint8)  # (n, 1)
+        return Packet({"signs": pack_bits(v < 0), "finite": finite}, meta={"d": v.shape[1]})
 
     def decompress(self, packet):
         neg = unpack_bits(packet.tensors["signs"], packet.meta["d"])
-        return 1.0 - 2.0 * neg.float()
+        out = 1.0 - 2.0 * neg.float()
+        return torch.where(packet.tensors["finite"].bool(), out, torch.full_like(out, float("nan")))
 
     def aggregate(self, decoded, weights):
         """sign(Σ_i sign_i) over the ranks with non-zero weight; the weights only select voters."""
         votes = decoded[weights > 0].sum(dim=0)
-        return torch.sign(votes)
+        return torch.where(votes.isnan(), votes, torch.sign(votes))  # torch.sign(NaN) is 0: keep the NaN

@@ -37,11 +37,18 @@ def missing() -> list[str]:
     return [name for name in registry.techniques() if name not in CLAIMS]
 
 
+def family(cls) -> str:
+    """The family package of a technique class: 'sync' for lab.sync.ddp.DDP."""
+    parts = cls.__module__.split(".")
+    return parts[1] if len(parts) > 2 and parts[0] == "lab" else cls.__module__
+
+
 def measure(budget: float = 1.0, *, techniques: list[str] | None = None) -> pd.DataFrame:
     """Run every claim's check (or those of `techniques`) and return the table, one row per technique.
 
     Columns: technique, label, family, paper, claim, measured, holds (True/False/None), evidence, left,
-    seconds (the wall time of that row's own runs; a shared baseline counts where it first runs).
+    seconds (the wall time of that row's own runs; a shared baseline counts where it first runs). The
+    number of experiments trained is `table.attrs['runs']`.
     """
     reg = registry.techniques()
     names = list(reg) if techniques is None else list(techniques)
@@ -53,7 +60,7 @@ def measure(budget: float = 1.0, *, techniques: list[str] | None = None) -> pd.D
     with bench.scratch():
         for name in names:
             cls, c = reg[name], CLAIMS.get(name)
-            row = {"technique": name, "label": cls.label or name, "family": cls.__module__.split(".")[1]}
+            row = {"technique": name, "label": cls.label or name, "family": family(cls)}
             if c is None:
                 rows.append({**row, "paper": "", "claim": "", "measured": "no claim declared: add one in lab/fidelity",
                              "holds": None, "evidence": "", "left": "", "seconds": 0.0})
@@ -63,4 +70,6 @@ def measure(budget: float = 1.0, *, techniques: list[str] | None = None) -> pd.D
             holds = None if holds is None else bool(holds)  # numpy comparisons give numpy bools
             rows.append({**row, "paper": c.paper, "claim": c.claim, "measured": measured, "holds": holds,
                          "evidence": c.evidence, "left": c.left, "seconds": time.perf_counter() - t0})
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    table.attrs["runs"] = bench.num_runs  # experiments trained (each once, shared between rows)
+    return table

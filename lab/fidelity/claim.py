@@ -171,6 +171,11 @@ def num(x: float) -> str:
     return f"{x:.3g}" if 1e-3 <= abs(x) < 1e5 else f"{x:.2e}"
 
 
+def sci(x: float) -> str:
+    """A small difference in one significant digit: '8e-06', or '0' when it is exactly zero."""
+    return "0" if x == 0 else f"{x:.0e}"
+
+
 def times(a: float, b: float) -> str:
     """a / b as a factor: '1/16' when a is a clean fraction of b, else '0.42×'."""
     if b == 0:

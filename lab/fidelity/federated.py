@@ -21,8 +21,9 @@ def quadratics(bench, technique: str, **extra):
 
 def phones(bench, **extra) -> dict:
     rounds = bench.n(10, 5)
-    return dict(num_workers=8, rounds=rounds, eval_every=rounds, local_steps=10, batch_size=16, lr=0.1,
-                topology="phones", partition="dirichlet", dirichlet_alpha=0.5, **extra)
+    base = dict(num_workers=8, rounds=rounds, eval_every=rounds, local_steps=10, batch_size=16, lr=0.1,
+                topology="phones", partition="dirichlet", dirichlet_alpha=0.5)
+    return {**base, **extra}
 
 
 def first_round_reaching(r, target: float) -> int | None:
@@ -123,8 +124,9 @@ def modest(bench):
                   fail_prob=0.2, success_fraction=0.5, topology="phones")
     done = {a: bench.run("modest", modest_aggregators=a, **common) for a in (1, 3)}
     completed = {a: float(r.metrics.round_completed.mean()) for a, r in done.items()}
-    text = (f"10 nodes, 5 trainers per round, 20% crash mid-round, {rounds} rounds: rounds completed {pct(completed[1])} "
-            f"with a = 1 aggregator vs {pct(completed[3])} with a = 3 (bytes {times(total(done[3]), total(done[1]))}).")
+    text = (f"10 nodes, 5 trainers per round, 20% crash mid-round, {rounds} rounds: rounds completed "
+            f"{pct(completed[1])} with a = 1 aggregator vs {pct(completed[3])} with a = 3 (bytes "
+            f"{times(total(done[3]), total(done[1]))}).")
     return text, completed[3] > completed[1]
 
 

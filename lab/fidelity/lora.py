@@ -13,8 +13,9 @@ from lab.lora.accountant import epsilon
 
 def finetune(bench, **extra) -> dict:
     rounds = bench.n(6, 3)
-    return dict(num_workers=8, rounds=rounds, eval_every=10**6, local_steps=10, batch_size=16, lr=0.2,
-                topology="phones", partition="dirichlet", dirichlet_alpha=0.3, pretrain_steps=100, **extra)
+    base = dict(num_workers=8, rounds=rounds, eval_every=10**6, local_steps=10, batch_size=16, lr=0.2,
+                topology="phones", partition="dirichlet", dirichlet_alpha=0.3, pretrain_steps=100)
+    return {**base, **extra}
 
 
 def full_finetuning(bench):
@@ -32,7 +33,8 @@ def lora(bench):
              "with full fine-tuning.",
        evidence="FedAvg restricted to the PEFT subset [spec B14, abstract only]; adapters stand in as LoRA "
                 "factors; the backbone is pre-trained in the lab.",
-       left="ViT-B on image benchmarks, where the subset is < 1% of the model (the tiny MLP's head alone is 13%).")
+       left="ViT-B on image benchmarks, where the subset is < 1% of the model (the tiny MLP's head alone is 14% "
+            "of it).")
 def fedpeft(bench):
     full = full_finetuning(bench)
     modes = {mode: bench.run("fedpeft", peft_mode=mode, **finetune(bench)) for mode in ("bias", "lora")}

@@ -8,7 +8,7 @@ behind). "Exact" means the evaluated models agree to 1e-4 (fp32, summation order
 """
 from __future__ import annotations
 
-from lab.fidelity.claim import accuracy, claim, eval_loss, max_gap, num, pct, size, times, total
+from lab.fidelity.claim import accuracy, claim, eval_loss, max_gap, num, pct, sci, size, times, total
 
 EXACT = 1e-4
 
@@ -38,7 +38,7 @@ def ep_run(bench):
 def moe_ep(bench):
     r, dp = ep_run(bench), bench.run("moe_dp", **moe(bench))
     gap = max_gap(r, dp)
-    text = (f"4 ranks, 4 experts, top-2: max |θ_EP − θ_replicated| {gap:.0e} after {r.config.steps} AdamW steps; "
+    text = (f"4 ranks, 4 experts, top-2: max |θ_EP − θ_replicated| {sci(gap)} after {r.config.steps} AdamW steps; "
             f"bytes {times(total(r), total(dp))} of replicating the experts.")
     return text, gap <= EXACT
 
@@ -95,10 +95,10 @@ def scmoe(bench):
        left="Pipeline stages across nodes; the throughput comparison.")
 def ppmoe(bench):
     r, ep = bench.run("ppmoe", **moe(bench, tp_size=2)), ep_run(bench)
-    ref = bench.run("moe_dp", **moe(bench, num_workers=2))  # one rank per TP group
+    ref = bench.run("moe_dp", **moe(bench, num_workers=2, topology="nvlink_node"))  # one rank per TP group
     gap = max_gap(r, ref)
     text = (f"TP groups of 2 (one per node): inter-node token bytes {size(token_bytes(r))} vs {size(token_bytes(ep))} "
-            f"for EP; max |θ − θ_single-device per group| {gap:.0e}.")
+            f"for EP; max |θ − θ_single-device per group| {sci(gap)}.")
     return text, token_bytes(r) == 0 < token_bytes(ep) and gap <= EXACT
 
 
@@ -113,6 +113,6 @@ def fssdp(bench):
     busiest, ep_busiest = float(r.metrics.max_load.mean()), float(ep.metrics.max_load.mean())
     gap = max_gap(r, ep)
     text = (f"busiest rank computes {busiest:.1f} expert rows per layer on average vs {ep_busiest:.1f} with EP "
-            f"({times(busiest, ep_busiest)}); same model as EP (max |Δθ| {gap:.0e}); bytes "
+            f"({times(busiest, ep_busiest)}); same model as EP (max |Δθ| {sci(gap)}); bytes "
             f"{times(total(r), total(ep))} of EP's.")
     return text, busiest < ep_busiest and gap <= EXACT

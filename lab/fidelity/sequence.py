@@ -9,7 +9,7 @@ means every step's loss agrees to 1e-4 (fp32; the blockwise softmax merges assoc
 from __future__ import annotations
 
 from lab.config import KNOBS
-from lab.fidelity.claim import claim, size
+from lab.fidelity.claim import claim, sci, size
 from lab.sequence.report import reference_losses
 
 EXACT = 1e-4
@@ -37,5 +37,5 @@ def sequence_parallel(bench):
     worst = max(gaps, key=gaps.get)
     per_method = ", ".join(f"{m} {size(b)}" for m, b in traffic.items())
     text = (f"4-rank SP group, {steps} steps: all {len(gaps)} methods equal one device (largest loss gap "
-            f"{gaps[worst]:.0e}, {worst}); attention bytes per rank per step: {per_method}.")
+            f"{sci(gaps[worst])}, {worst}); attention bytes per rank per step: {per_method}.")
     return text, gaps[worst] < EXACT

@@ -2,7 +2,7 @@
 
 The measured side of the memory model (`lab.sharding.memory` predicts; `held_memory` measures the same
 categories on the lab's models, `ZeRO.memory`). It runs an experiment, so it lives apart from the pure
-model: nothing in `lab/` imports this module.
+model (`lab.fidelity` imports it lazily, inside the ZeRO check, never at module level).
 """
 from __future__ import annotations
 

@@ -181,7 +181,8 @@ class Federated(Technique):
         c = self.config
         mine, rows = ctx.cluster.rows_of(clients)  # (S,) the clients held here, (S,) their rows
         steps = self.client_steps[mine]  # (S,)
-        in_place = len(rows) == ctx.cluster.num_local and torch.equal(rows, torch.arange(len(rows)))
+        in_place = (len(rows) == ctx.cluster.num_local and torch.equal(rows, torch.arange(len(rows)))
+                    and start.untyped_storage().data_ptr() != ctx.cluster.params.untyped_storage().data_ptr())
         y = ctx.cluster.params.detach() if in_place else start.new_empty(len(mine), start.shape[0])
         y.copy_(start.expand_as(y))  # (S, d) every client starts from `start`
         loss_sum = torch.zeros(len(mine), dtype=torch.float64, device=y.device)
@@ -193,16 +194,19 @@ class Federated(Technique):
                 else None  # (T, S, 1)
             ids = mine.tolist()
             buf = None  # the momentum buffer (fresh each round); without momentum the step is the direction
-            step = torch.empty_like(y)  # lr · buf, into the same memory every step
+            step, grad = (ctx.cluster.scratch(k, len(mine)) for k in ("step", "grad"))  # lr · buf, the gradient
             for t in range(horizon):
                 ctx.check_stop()
                 xb, yb = ctx.batches.next(mine)
-                losses, g = ctx.cluster.loss_and_grad(y, xb, yb)
+                losses, g = ctx.cluster.loss_and_grad(y, xb, yb, out=grad)
                 ctx.guard("loss", losses)
                 if c.weight_decay:
                     g = g + c.weight_decay * y
                 d = g if direction is None else direction(g, y, ids)
-                buf = d if buf is None or not c.momentum else c.momentum * buf + d
+                if not c.momentum:
+                    buf = d
+                else:  # (a copy at first: the gradient's memory is reused next step)
+                    buf = d.clone() if buf is None else c.momentum * buf + d
                 if active is None:
                     y -= torch.mul(buf, c.lr, out=step)
                     loss_sum += losses.double()

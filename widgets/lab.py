@@ -1,0 +1,358 @@
+"""`Lab`: the lab as one instrument — the four knobs side by side, live analytic views, runs you can compare.
+
+    import widgets
+    widgets.Lab()
+
+Top row: the four knobs that compose (sync period H, compression ratio on a log scale and compressor, sharding
+degree S among the divisors of the workers and ZeRO stage, topology), then the technique and the model/data.
+Every one of them the chosen combination does not read is disabled with its one-line reason
+(`lab.config.is_read`); all the technique's other knobs are in the collapsed "all knobs" section (a `KnobPanel`,
+which turns the knobs into a validated ExperimentConfig).
+
+Moving a knob redraws, debounced (`debounce_s`), the analytic views (`widgets.lab_charts.analytic`): predicted
+bytes per step per link class, time per step on the topology, memory per rank — no training. With "auto-run" on,
+a small run (`auto_steps`, shown beside it) starts after each change, TensorFlow-Playground style.
+
+Run trains in a background thread (`lab.experiment.run`, saved under runs/ by default: `runs_dir`, `save`); Stop
+ends it within one local step keeping its rows; the progress line shows step/round, rate and ETA; charts redraw
+at most twice a second (`throttle_s`) from ≤ 500 points per run. Finished runs join the runs table
+(`widgets.lab_runs.RunsTable`) and overlay on the charts: loss vs steps, bytes per link class, loss vs simulated
+time, memory per rank. `sweep(field, values)` runs one knob's values in a row under one progress bar.
+"""
+from __future__ import annotations
+
+import dataclasses
+import html
+import threading
+import time
+
+import altair as alt
+import ipywidgets as w
+import pandas as pd
+
+from lab.config import KNOBS, ExperimentConfig, is_read
+from lab.experiment import run as lab_run
+from lab.registry import technique as technique_class
+from widgets.charts import enable_offline
+from widgets.knobs import KnobPanel, sync_period_slider
+from widgets.lab_charts import analytic, analytic_chart, memory_chart, runs_charts, si
+from widgets.lab_runs import RunsTable, export_chart
+from widgets.technique_knobs import draft, field_control, set_sharding_options, sharding_degree_control
+
+#: the Lab's starting point: the issue's composed run (Local SGD H=8, top-k 0.1, ZeRO-2 S=4, 2 nodes x 4 ranks)
+DEFAULT = dict(technique="local_sgd", num_workers=8, topology="multinode_2x4", sync_period=8, steps=48,
+               eval_every=16, batch_size=16, compressor="topk", compression_ratio=0.1, zero_stage=2,
+               sharding_degree=4)
+#: the four knobs (and their companions) in the top row
+FOUR = ("sync_period", "compression_ratio", "compressor", "sharding_degree", "zero_stage", "topology")
+_STYLE = {"description_width": "10.5em"}
+_W = "22em"
+
+
+def _reason_html(why: str) -> str:
+    return (f"<div style='color:#6b6b6b;font-size:0.8em;line-height:1.15;max-width:{_W};white-space:normal'>"
+            f"{html.escape(why)}</div>" if why else "")
+
+
+class Lab(w.VBox):
+    """The dashboard; see the module docstring. `.config()` is the knobs' ExperimentConfig (None if invalid)."""
+
+    def __init__(self, base: ExperimentConfig | dict | None = None, *, runs_dir=None, save: bool = True,
+                 debounce_s: float = 0.04, throttle_s: float = 0.5, auto_steps: int = 24, load_runs: bool = True):
+        enable_offline()
+        self.save, self.runs_dir, self.debounce_s, self.throttle_s = save, runs_dir, debounce_s, throttle_s
+        self.auto_steps = auto_steps
+        self.panel = KnobPanel(DEFAULT if base is None else base)
+        b = {**_defaults(), **self.panel.values(), **self.panel.base}
+        # ---- the four knobs, linked to the panel's controls (which validate and build the config) ----
+        self.knobs: dict[str, w.Widget] = {
+            "sync_period": sync_period_slider(b["sync_period"], max_value=128),
+            "compression_ratio": field_control("compression_ratio", b["compression_ratio"], width=_W),
+            "compressor": field_control("compressor", b["compressor"], width=_W),
+            "sharding_degree": sharding_degree_control(b["num_workers"], b["sharding_degree"]),
+            "zero_stage": field_control("zero_stage", b["zero_stage"], width=_W),
+            "topology": field_control("topology", b["topology"], width=_W),
+            "technique": w.Dropdown(options=self.panel.technique.options, value=b["technique"],
+                                    description="technique", layout=w.Layout(width="24em")),
+            "num_workers": field_control("num_workers", b["num_workers"], description="workers", width="14em"),
+        }
+        self.knobs["sync_period"].description = "sync period H"
+        self.knobs["compression_ratio"].description = "compression ratio"
+        self.knobs["sharding_degree"].description = "sharding degree S"
+        for k in self.knobs.values():
+            k.style = _STYLE
+            k.layout.width = _W if k.description not in ("technique", "workers") else k.layout.width
+        for name, k in self.knobs.items():
+            w.link((k, "value"), (self.panel.controls[name], "value"))
+        self.data = {n: field_control(n, b[n], width="15em", style={"description_width": "6em"})
+                     for n in ("dataset", "model", "mlp_hidden")}
+        self.reasons = {n: w.HTML() for n in (*FOUR, *self.data)}
+        # ---- run controls ----
+        self.run_button = w.Button(description="Run", icon="play", button_style="success")
+        self.stop_button = w.Button(description="Stop", icon="stop", button_style="danger", disabled=True)
+        self.progress = w.IntProgress(value=0, min=0, max=1, bar_style="info", layout=w.Layout(width="16em"))
+        self.progress_text = w.HTML("ready")
+        self.auto = w.Checkbox(value=False, description=f"auto-run on change ({auto_steps} steps)", indent=False)
+        self.sweep_field = w.Dropdown(options=["sync_period", "compression_ratio", "sharding_degree", "lr"],
+                                      value="sync_period", description="sweep", layout=w.Layout(width="16em"))
+        self.sweep_values = w.Text(value="4, 16, 64", description="values", layout=w.Layout(width="16em"))
+        self.sweep_button = w.Button(description="Sweep", icon="forward")
+        self.status = w.HTML()
+        self.run_button.on_click(lambda _: self.start())
+        self.stop_button.on_click(lambda _: self.stop())
+        self.sweep_button.on_click(lambda _: self._sweep_clicked())
+        # ---- charts and runs ----
+        self.runs = RunsTable(runs_dir, load=load_runs)
+        self.analytic_chart = alt.JupyterChart(alt.Chart(pd.DataFrame()).mark_point(), embed_options={"renderer": "svg"})
+        self.runs_chart = alt.JupyterChart(runs_charts(pd.DataFrame()), embed_options={"renderer": "svg"})
+        self.analytic_data: dict = {}
+        self.latencies: list[float] = []  # seconds from a knob change to the analytic chart's new spec
+        self.error: BaseException | None = None
+        self._timer: threading.Timer | None = None
+        self._changed_at = 0.0
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._live: list[dict] = []
+        self._live_label = ""
+        self._last_draw = 0.0
+        self._auto_pending = False
+        self.status_line = ""  # the last run's summary
+        for c in self.panel.controls.values():
+            c.observe(self._on_change, names="value")
+        for c in self.data.values():
+            c.observe(self._on_data, names="value")
+        self.runs.shown.observe(lambda _: self.draw_runs(), names="value")
+        self.auto.observe(lambda ch: ch["new"] and self._schedule(), names="value")
+
+        def cell(n):
+            return w.VBox([self.knobs[n], self.reasons[n]], layout=w.Layout(width="24em"))
+
+        four = w.HBox([w.VBox([cell("sync_period")]), w.VBox([cell("compression_ratio"), cell("compressor")]),
+                       w.VBox([cell("sharding_degree"), cell("zero_stage")]), w.VBox([cell("topology")])],
+                      layout=w.Layout(flex_flow="row wrap"))
+        data = w.HBox([self.knobs["technique"], self.knobs["num_workers"],
+                       *[w.VBox([c, self.reasons[n]]) for n, c in self.data.items()]],
+                      layout=w.Layout(flex_flow="row wrap"))
+        more = w.Accordion([self.panel], titles=("all knobs of this technique",), selected_index=None)
+        controls = w.HBox([self.run_button, self.stop_button, self.progress, self.progress_text],
+                          layout=w.Layout(align_items="center"))
+        sweep = w.HBox([self.auto, self.sweep_field, self.sweep_values, self.sweep_button],
+                       layout=w.Layout(align_items="center"))
+        self.status.add_class("commlab-status")
+        analytic_box, runs_box = w.Box([self.analytic_chart]), w.Box([self.runs_chart])
+        analytic_box.add_class("commlab-analytic")
+        runs_box.add_class("commlab-runs-chart")
+        super().__init__([w.HTML("<b>The four knobs</b>"), four, data, self.panel.message, more, controls, sweep,
+                          self.status, w.HTML("<b>Predicted, before any run</b>"), analytic_box,
+                          w.HTML("<b>Runs</b>"), runs_box, self.runs])
+        self.add_class("commlab-lab")
+        self._on_change()
+        self.flush()
+        self.draw_runs()
+
+    # ---- knobs ------------------------------------------------------------------------------------------
+    def config(self) -> ExperimentConfig | None:
+        return self.panel.config()
+
+    def _on_data(self, change) -> None:
+        for n, c in self.data.items():
+            if c.value != KNOBS[n].default:
+                self.panel.base[n] = c.value
+            else:
+                self.panel.base.pop(n, None)
+        self.panel._on_change()
+        self._on_change()
+
+    def _on_change(self, change=None) -> None:
+        if change is not None and change["owner"] is self.panel.controls["num_workers"]:
+            set_sharding_options(self.knobs["sharding_degree"], self.panel.num_workers.value)
+        d = draft(self.panel.technique.value, {**self.panel.base, **self.panel.values()})
+        for n, why_box in self.reasons.items():
+            ok, why = is_read(d, n)
+            (self.knobs.get(n) or self.data[n]).disabled = not ok
+            why_box.value = _reason_html("" if ok else why)
+        self._changed_at = time.perf_counter()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(self.debounce_s, self._redraw_analytic)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def flush(self) -> None:
+        """Redraw the analytic views now (what the debounce timer does), e.g. in tests and scripts."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        self._redraw_analytic()
+
+    def _redraw_analytic(self) -> None:
+        config = self.config()
+        if config is None:
+            return
+        try:
+            self.analytic_data = analytic(config)
+            self.analytic_chart.chart = analytic_chart(self.analytic_data)
+            self.latencies.append(time.perf_counter() - self._changed_at)
+        except Exception as e:  # shown, not lost: this may run in the timer thread
+            self.error = e
+            self._set_status(f"analytic view failed: {type(e).__name__}: {e}", error=True)
+            return
+        if self.auto.value:
+            self._auto_run(config)
+
+    def _auto_run(self, config: ExperimentConfig) -> None:
+        if self.running:
+            self._auto_pending = True
+            self.stop()
+            return
+        budget = technique_class(config.technique).budget
+        small = dataclasses.replace(config, **({"steps": min(config.steps, self.auto_steps)} if budget == "steps"
+                                               else {"rounds": min(config.rounds, max(1, self.auto_steps // 8))}))
+        self.start(small)
+
+    # ---- runs -------------------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, config: ExperimentConfig | None = None) -> bool:
+        """Train `config` (default: the knobs') in the background; False (reason in the status) if not started."""
+        return self._launch([config] if config is not None else None)
+
+    def sweep(self, field: str, values) -> bool:
+        """Run the knobs' config once per value of `field`, in a row, under one progress bar."""
+        base = self.config()
+        if base is None:
+            self._set_status(f"invalid knobs: {self.panel.error}", error=True)
+            return False
+        if field not in KNOBS:
+            raise ValueError(f"field={field!r} is unknown; allowed: {sorted(KNOBS)}")
+        return self._launch([dataclasses.replace(base, **{field: v}) for v in values])
+
+    def _sweep_clicked(self) -> None:
+        kind = KNOBS[self.sweep_field.value].type
+        try:
+            values = [kind(v.strip()) for v in self.sweep_values.value.split(",") if v.strip()]
+            self.sweep(self.sweep_field.value, values)
+        except ValueError as e:
+            self._set_status(str(e), error=True)
+
+    def _launch(self, configs) -> bool:
+        if self.running:
+            self._set_status("a run is already going: Stop it or wait", error=True)
+            return False
+        if configs is None:
+            config = self.config()
+            if config is None:
+                self._set_status(f"invalid knobs: {self.panel.error}", error=True)
+                return False
+            configs = [config]
+        budgets = [c.rounds if technique_class(c.technique).budget == "rounds" else c.steps for c in configs]
+        self.progress.max, self.progress.value = sum(budgets), 0
+        self._stop = threading.Event()
+        self.run_button.disabled, self.stop_button.disabled, self.sweep_button.disabled = True, False, True
+        self._thread = threading.Thread(target=self._work, args=(configs, budgets), daemon=True, name="commlab-lab")
+        self._thread.start()
+        return True
+
+    def stop(self) -> None:
+        """End the current run (and sweep) after the current local step; it keeps its rows."""
+        if self.running:
+            self._stop.set()
+            self._set_status("stopping…")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the current run ends (True) or `timeout` passes (False)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self.running
+
+    def _work(self, configs, budgets) -> None:
+        offset, t0 = 0, time.perf_counter()
+        try:
+            for config, budget in zip(configs, budgets):
+                if self._stop.is_set():
+                    break
+                unit = "round" if technique_class(config.technique).budget == "rounds" else "step"
+                self._live, self._live_label = [], f"running: {technique_class(config.technique).describe(config)}"
+                self._set_status(f"{self._live_label} ({budget} {unit}s)")
+
+                def on_row(row, offset=offset, unit=unit, budget=budget):
+                    self._live.append(row)
+                    done = offset + int(row[unit])
+                    self.progress.value = min(done, self.progress.max)
+                    elapsed = time.perf_counter() - t0
+                    rate = done / elapsed if elapsed > 0 else 0.0
+                    eta = (self.progress.max - done) / rate if rate > 0 else float("nan")
+                    self.progress_text.value = (f"step {int(row['step'])} · round {int(row['round'])} · "
+                                                f"{done}/{self.progress.max} {unit}s · {rate:.3g} {unit}s/s · "
+                                                f"ETA {si(eta, 's')}")
+                    if time.monotonic() - self._last_draw >= self.throttle_s:
+                        self.draw_runs()
+
+                r = lab_run(config, runs_dir=self.runs_dir, save=self.save, progress=False, callback=on_row,
+                            stop=self._stop)
+                self._live = []
+                self.runs.add(r)
+                s = r.summary()
+                self.status_line = (f"{r.status} at step {s['steps']} (round {s['rounds']}) · loss "
+                                    f"{s['final_loss']:.4f} · {si(s['bytes'], 'B')} sent · "
+                                    f"{si(s['sim_seconds'], 's')} simulated · {si(s['wall_seconds'], 's')} wall")
+                self._set_status(self.status_line)
+                offset += budget
+        except BaseException as e:  # shown, not lost: the thread has no caller to raise to
+            self.error = e
+            self._set_status(f"run failed: {type(e).__name__}: {e}", error=True)
+        finally:
+            self._live = []
+            self.run_button.disabled, self.stop_button.disabled, self.sweep_button.disabled = False, True, False
+            if self._stop.is_set():
+                self._set_status(f"stopped · {self.status_line}")
+            try:
+                self.draw_runs()
+            except Exception as e:
+                self.error = self.error or e
+            if self._auto_pending and self.auto.value:
+                self._auto_pending = False
+                self._schedule()
+
+    # ---- charts -----------------------------------------------------------------------------------------
+    def frame(self, *, max_points: int | None = 500) -> pd.DataFrame:
+        """The rows on the charts: the shown runs and the running one (downsampled; None: all rows)."""
+        from widgets.lab_charts import downsample
+
+        df = self.runs.frame(max_points=max_points)
+        if self._live:
+            live = pd.DataFrame(list(self._live)).assign(label=self._live_label, diverged=False)
+            df = pd.concat([df, downsample(live, max_points) if max_points else live], ignore_index=True)
+        return df
+
+    def runs_chart_spec(self):
+        """The altair chart of the shown runs: loss, bytes per link class, simulated time, memory per rank."""
+        labels = self.runs.labels()
+        mem = [analytic(r.config)["memory"].assign(label=labels[k]) for k, r in self.runs.shown_runs().items()]
+        top = runs_charts(self.frame())
+        return alt.vconcat(top, memory_chart(pd.concat(mem, ignore_index=True))) if mem else top
+
+    def draw_runs(self) -> None:
+        self._last_draw = time.monotonic()
+        self.runs_chart.chart = self.runs_chart_spec()
+
+    def export_chart(self, path, which: str = "runs"):
+        """Write the runs chart (or which='analytic') as PNG or SVG."""
+        chart = self.runs_chart_spec() if which == "runs" else analytic_chart(self.analytic_data)
+        return export_chart(chart, path)
+
+    def _set_status(self, text: str, *, error: bool = False) -> None:
+        color = "#b00020" if error else "inherit"
+        self.status.value = f"<span style='color:{color}'>{html.escape(text)}</span>"
+
+
+def _defaults() -> dict:
+    return {n: k.default for n, k in KNOBS.items()}
