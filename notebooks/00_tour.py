@@ -42,6 +42,21 @@ from lab.experiment import ExperimentConfig, run
 _ = widgets.enable_offline()  # charts render without internet
 
 # %% [markdown]
+# ## The Lab: four knobs that compose
+#
+# The whole lab as one instrument. The top row holds the four knobs a modern training stack composes: the sync
+# period H (Local SGD, DiLoCo), the compression ratio and compressor of the exchange, the sharding degree S and
+# ZeRO stage inside each replica group, and the topology. A knob the chosen combination does not read is greyed
+# out with the reason. Moving a knob redraws the predicted bytes per step per link class, time per step and memory
+# per rank at once, before any training; **Run** trains in the background (saved under `runs/`), **Stop** ends it
+# within a step, and finished runs overlay on the charts and in the runs table below, labelled by what differs.
+# It starts at a composed run: Local SGD H=8, top-k 0.1, ZeRO-2 S=4 on 2 nodes × 4 ranks.
+
+# %%
+lab = widgets.Lab()
+lab
+
+# %% [markdown]
 # ## One run: Local SGD
 #
 # The knob is `sync_period` H: each worker takes H steps on its own data, then

@@ -262,6 +262,13 @@ pd.DataFrame(ex_hops).T.assign(**{"cross-GPU fraction, plain": lambda d: d.plain
 # only moves computation. The price is keeping the context coherent (the all-gather modelled per decode
 # step, reported separately above; how ExFlow does it is not verified).
 #
+# **Try it.** Move the routing affinity, the experts and the GPUs: the two placements side by side, and the
+# share of token transitions between layers that leave their GPU under each.
+
+# %%
+widgets.ExpertPlacement()
+
+# %% [markdown]
 # ## 6. ScMoE: hide the all-to-alls behind attention and a shared expert
 #
 # A 32-layer model with h = 4096, top-1 over 64 experts of width 14336 plus a shared expert, 4096 tokens

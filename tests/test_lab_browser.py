@@ -12,6 +12,8 @@ import time
 import nbformat
 import pytest
 
+from tests.test_dashboard_voila import dashboard_page, voila_dashboard  # noqa: F401 (fixtures)
+
 expect = pytest.importorskip("playwright.sync_api").expect
 
 pytestmark = pytest.mark.browser
@@ -75,11 +77,25 @@ def test_lab_dashboard_in_jupyterlab(jupyter_server, browser_page, repo_root, tm
     page.click(".lm-MenuBar-itemLabel:text-is('Run')")
     page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
     page.wait_for_selector(".commlab-analytic .vega-embed svg", timeout=240_000)
+    drive_lab(page, out, tmp_path, prefix="lab_dashboard", steps=SMALL["steps"])
+
+
+def test_lab_dashboard_under_voila(voila_dashboard, dashboard_page, repo_root, tmp_path):  # noqa: F811
+    """The same dashboard served by `make dashboard` (notebooks/dashboard.ipynb: `widgets.Lab()`, its defaults)."""
+    from widgets.lab import DEFAULT
+
+    page = dashboard_page
+    page.set_viewport_size({"width": 1600, "height": 1400})
+    drive_lab(page, repo_root / "notebooks" / "_out", tmp_path, prefix="lab_voila", steps=DEFAULT["steps"])
+
+
+def drive_lab(page, out, tmp_path, *, prefix: str, steps: int) -> None:
+    """Move the four knobs (each redraw < 500 ms), run the composed run, stop a sweep (< 1 s), read the runs table."""
     page.wait_for_function("() => (document.querySelector('.commlab-analytic .vega-embed svg')?.textContent || '')"
                            ".includes('How many bytes')", timeout=60_000)
     errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
     assert errors.count() == 0, errors.first.inner_text()
-    _shot(page, out, tmp_path, "lab_dashboard")
+    _shot(page, out, tmp_path, prefix)
 
     # ---- each of the four knobs redraws the analytic chart ----
     times = {
@@ -89,8 +105,8 @@ def test_lab_dashboard_in_jupyterlab(jupyter_server, browser_page, repo_root, tm
         "topology": _timed_redraw(page, lambda: _select(page, "topology", "nvlink_node")),
     }
     print("knob -> redrawn analytic chart (s):", json.dumps({k: round(v, 3) for k, v in times.items()}))
-    (out / "browser_lab_latency.json").write_text(json.dumps(times, indent=1))
-    _shot(page, out, tmp_path, "lab_dashboard_knobs_moved")
+    (out / f"{prefix}_latency.json").write_text(json.dumps(times, indent=1))
+    _shot(page, out, tmp_path, f"{prefix}_knobs_moved")
     assert all(t < REDRAW_S for t in times.values()), times
 
     # ---- back to the composed run and Run it ----
@@ -102,11 +118,11 @@ def test_lab_dashboard_in_jupyterlab(jupyter_server, browser_page, repo_root, tm
     lab = page.locator(".commlab-lab").first
     lab.get_by_role("button", name=re.compile(r"\bRun\b")).click()
     status = page.locator(".commlab-status")
-    status.get_by_text(re.compile(r"finished at step 16")).wait_for(timeout=120_000)
-    expected = _predicted_total(tmp_path)
+    status.get_by_text(re.compile(rf"finished at step {steps}\b")).wait_for(timeout=120_000)
+    expected = _predicted_total(steps)
     assert f"{expected} sent" in status.inner_text(), (expected, status.inner_text())
     page.locator(".commlab-runs").first.wait_for(timeout=30_000)
-    _shot(page, out, tmp_path, "lab_dashboard_composed_run")
+    _shot(page, out, tmp_path, f"{prefix}_composed_run")
 
     # ---- a sweep over H, stopped: Stop ends it within a second, keeping the runs it finished ----
     page.locator(".widget-text", has_text="values").first.locator("input").fill("2, 4, 16, 32, 64, 128, 2, 4")
@@ -126,21 +142,21 @@ def test_lab_dashboard_in_jupyterlab(jupyter_server, browser_page, repo_root, tm
     table = page.locator(".commlab-runs").first
     headers = table.locator("th").all_inner_texts()
     rows = table.locator("tbody tr").count()
-    _shot(page, out, tmp_path, "lab_dashboard_runs")
+    _shot(page, out, tmp_path, f"{prefix}_runs")
     assert stop_s < STOP_S, stop_s
     assert rows >= 2 and "H" in headers, (rows, headers)
     legend = page.evaluate("() => document.querySelector('.commlab-runs-chart .vega-embed svg')?.textContent || ''")
     assert "H=8" in legend and "H=2" in legend, legend[:500]
 
 
-def _predicted_total(tmp_path) -> str:
-    """The composed run's predicted bytes over its 16 steps, formatted as the Lab's status line formats them."""
+def _predicted_total(steps: int) -> str:
+    """The composed run's predicted bytes over its `steps` steps, formatted as the Lab's status line formats them."""
     from lab.config import ExperimentConfig
     from lab.experiment import build_context
     from lab.sharding.composed import predict_for_config
     from widgets.lab_charts import si
 
-    cfg = ExperimentConfig(**SMALL)
+    cfg = ExperimentConfig(**{**SMALL, "steps": steps})
     ctx, _ = build_context(cfg)
     p = predict_for_config(cfg, num_params=ctx.cluster.dim, numels=tuple(ctx.cluster.numels))
-    return si(sum(p.values()) * cfg.steps, "B")
+    return si(sum(p.values()) * steps, "B")

@@ -6,12 +6,17 @@ cost about ten times the bytes (bounds 5x..20x), and far less than the (P+1)² f
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from lab.checkpoint import pack, unpack
 from lab.comm import Ledger, SimulatedCollective
+from lab.comm.collective import group_cost
 from lab.topology import LINK_CLASSES, preset
 
 
@@ -73,7 +78,6 @@ def test_sparse_traffic_and_rows_equal_the_dense_accumulation():
                                                   ("broadcast", {})]):
         dense += t.cost(op, e.payload_bytes, **kw).traffic.toarray()
     dense += t.peer_cost([(r, (r + 3) % 8) for r in range(8)], 64, "shift").traffic.toarray()
-    from lab.comm.collective import group_cost
     dense += group_cost(t, "all_reduce", 64, [[0, 1, 2, 3], [4, 5, 6, 7]]).traffic.toarray()
     dense += t.peer_cost([(0, 5), (5, 2)], 64, "send_recv").traffic.toarray()
     dense += t.cost("server_gather", 64, ranks=[1, 2, 7]).traffic.toarray()
@@ -104,10 +108,6 @@ def test_state_dict_round_trips_through_a_checkpoint():
 
 @pytest.mark.slow
 def test_the_benchmark_prints_the_peak_and_the_ratio_to_the_old_matrix():
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, str(root / "bench" / "ledger_scale.py"), "--sizes", "100", "1000"],
                          capture_output=True, text=True, cwd=root, timeout=600, check=True).stdout

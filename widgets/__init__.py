@@ -32,7 +32,9 @@ from widgets.knobs import (
 )
 from widgets.lab import Lab
 from widgets.lab_runs import RunsTable
+from widgets.moe import ExpertPlacement
 from widgets.run_panel import RunPanel
+from widgets.sequence import SequenceExplorer
 from widgets.sharding import ShardingExplorer, sharding_slider
 from widgets.technique_knobs import TechniqueKnobs
 from widgets.topology_view import (
@@ -44,7 +46,7 @@ from widgets.topology_view import (
 )
 
 __all__ = [
-    "CompressionKnobs", "KnobPanel", "Lab", "LiveChart", "RunPanel", "RunsTable", "ShardingExplorer", "TechniqueKnobs",
+    "CompressionKnobs", "ExpertPlacement", "KnobPanel", "SequenceExplorer", "Lab", "LiveChart", "RunPanel", "RunsTable", "ShardingExplorer", "TechniqueKnobs",
     "TopologyView",
     "compression_ratio_slider", "compressor_frame", "compressor_picker", "consensus_chart", "dashboard",
     "enable_offline", "error_feedback_picker", "frame", "gantt_chart", "loss_chart", "loss_vs_bytes",

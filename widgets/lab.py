@@ -25,6 +25,7 @@ import dataclasses
 import html
 import threading
 import time
+from pathlib import Path
 
 import altair as alt
 import ipywidgets as w
@@ -32,6 +33,7 @@ import pandas as pd
 
 from lab.config import KNOBS, ExperimentConfig, is_read
 from lab.experiment import run as lab_run
+from lab.paths import runs_dir as runs_store
 from lab.registry import technique as technique_class
 from widgets.charts import enable_offline
 from widgets.knobs import KnobPanel, sync_period_slider
@@ -60,7 +62,9 @@ class Lab(w.VBox):
     def __init__(self, base: ExperimentConfig | dict | None = None, *, runs_dir=None, save: bool = True,
                  debounce_s: float = 0.04, throttle_s: float = 0.5, auto_steps: int = 24, load_runs: bool = True):
         enable_offline()
-        self.save, self.runs_dir, self.debounce_s, self.throttle_s = save, runs_dir, debounce_s, throttle_s
+        #: the runs store: `runs_dir`, else $COMMLAB_RUNS_DIR or runs/ at the repository root (lab.paths)
+        self.runs_dir = Path(runs_dir) if runs_dir is not None else runs_store()
+        self.save, self.debounce_s, self.throttle_s = save, debounce_s, throttle_s
         self.auto_steps = auto_steps
         self.panel = KnobPanel(DEFAULT if base is None else base)
         b = {**_defaults(), **self.panel.values(), **self.panel.base}
@@ -102,9 +106,10 @@ class Lab(w.VBox):
         self.stop_button.on_click(lambda _: self.stop())
         self.sweep_button.on_click(lambda _: self._sweep_clicked())
         # ---- charts and runs ----
-        self.runs = RunsTable(runs_dir, load=load_runs)
-        self.analytic_chart = alt.JupyterChart(alt.Chart(pd.DataFrame()).mark_point(), embed_options={"renderer": "svg"})
-        self.runs_chart = alt.JupyterChart(runs_charts(pd.DataFrame()), embed_options={"renderer": "svg"})
+        self.runs = RunsTable(self.runs_dir, load=load_runs)
+        svg = {"renderer": "svg"}  # text in the DOM: readable by screen readers and by the browser tests
+        self.analytic_chart = alt.JupyterChart(alt.Chart(pd.DataFrame()).mark_point(), embed_options=svg)
+        self.runs_chart = alt.JupyterChart(runs_charts(pd.DataFrame()), embed_options=svg)
         self.analytic_data: dict = {}
         self.latencies: list[float] = []  # seconds from a knob change to the analytic chart's new spec
         self.error: BaseException | None = None
@@ -313,7 +318,7 @@ class Lab(w.VBox):
             self._live = []
             self.run_button.disabled, self.stop_button.disabled, self.sweep_button.disabled = False, True, False
             if self._stop.is_set():
-                self._set_status(f"stopped · {self.status_line}")
+                self._set_status(f"Stop pressed · last run: {self.status_line}")
             try:
                 self.draw_runs()
             except Exception as e:
@@ -338,7 +343,8 @@ class Lab(w.VBox):
         labels = self.runs.labels()
         mem = [analytic(r.config)["memory"].assign(label=labels[k]) for k, r in self.runs.shown_runs().items()]
         top = runs_charts(self.frame())
-        return alt.vconcat(top, memory_chart(pd.concat(mem, ignore_index=True))) if mem else top
+        return (alt.vconcat(top, memory_chart(pd.concat(mem, ignore_index=True))).resolve_scale(color="independent")
+                if mem else top)
 
     def draw_runs(self) -> None:
         self._last_draw = time.monotonic()

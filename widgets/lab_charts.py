@@ -194,7 +194,8 @@ def runs_charts(df: pd.DataFrame, *, width: int = 260, height: int = 180) -> alt
     link_cols = [c for c in ("bytes_intra", "bytes_inter", "bytes_uplink", "bytes_downlink") if c in df]
     byte = base.transform_fold(link_cols, as_=["link", "b"]).transform_filter("datum.b > 0").mark_line().encode(
         x=alt.X("step:Q", title="local steps per worker", axis=alt.Axis(format="~s")),
-        y=alt.Y("b:Q", title="bytes sent, all ranks", axis=alt.Axis(labelExpr=si_axis("B"))), color=color,
+        y=alt.Y("b:Q", title="bytes sent, all ranks (log)", scale=alt.Scale(type="log"),
+                axis=alt.Axis(labelExpr=si_axis("B"), tickCount=5, labelOverlap="greedy")), color=color,
         strokeDash=alt.StrokeDash("link:N", title="link class", legend=alt.Legend(orient="bottom")),
         tooltip=["label:N", "link:N", alt.Tooltip("b:Q", format=".3s")]).properties(
         title="How many bytes crossed each link class?")
