@@ -142,3 +142,18 @@ def test_si_format_and_labels_from_differences():
     a = ExperimentConfig(technique="local_sgd", sync_period=4)
     b = ExperimentConfig(technique="local_sgd", sync_period=16, lr=0.1)
     assert diff_labels([a, b]) == ["lr=0.5 H=4", "lr=0.1 H=16"]
+
+
+def test_auto_run_starts_a_small_run_on_change(lab):
+    lab.knobs["sync_period"].value = 4
+    lab.flush()
+    assert not lab.running and not lab.runs.runs  # off: moving a knob trains nothing
+    lab.auto.value = True  # on: the change schedules a small run
+    lab.flush()  # what the debounce timer does
+    assert lab.running or lab.runs.runs
+    assert lab.wait(60) and lab.error is None
+    runs = list(lab.runs.runs.values())
+    assert runs and runs[-1].config.sync_period == 4 and runs[-1].config.steps == min(SMALL["steps"], lab.auto_steps)
+    assert f"({lab.auto_steps} steps)" in lab.auto.description  # its budget, shown
+    lab.png_button.click()
+    assert (lab.runs_dir / "exports" / "runs_chart.png").read_bytes()[:4] == b"\x89PNG"

@@ -46,8 +46,8 @@ from widgets.topology_view import (
 )
 
 __all__ = [
-    "CompressionKnobs", "ExpertPlacement", "KnobPanel", "SequenceExplorer", "Lab", "LiveChart", "RunPanel", "RunsTable", "ShardingExplorer", "TechniqueKnobs",
-    "TopologyView",
+    "CompressionKnobs", "ExpertPlacement", "KnobPanel", "Lab", "LiveChart", "RunPanel", "RunsTable",
+    "SequenceExplorer", "ShardingExplorer", "TechniqueKnobs", "TopologyView",
     "compression_ratio_slider", "compressor_frame", "compressor_picker", "consensus_chart", "dashboard",
     "enable_offline", "error_feedback_picker", "frame", "gantt_chart", "loss_chart", "loss_vs_bytes",
     "loss_vs_bytes_chart", "loss_vs_step", "loss_vs_time", "predicted_vs_measured_chart", "ratio_of", "run_label",

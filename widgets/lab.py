@@ -102,6 +102,10 @@ class Lab(w.VBox):
         self.sweep_values = w.Text(value="4, 16, 64", description="values", layout=w.Layout(width="16em"))
         self.sweep_button = w.Button(description="Sweep", icon="forward")
         self.status = w.HTML()
+        self.png_button = w.Button(description="chart PNG", icon="image", tooltip="export the runs chart (vl-convert)")
+        self.svg_button = w.Button(description="chart SVG", icon="image", tooltip="export the runs chart (vl-convert)")
+        self.png_button.on_click(lambda _: self._export_clicked("png"))
+        self.svg_button.on_click(lambda _: self._export_clicked("svg"))
         self.run_button.on_click(lambda _: self.start())
         self.stop_button.on_click(lambda _: self.stop())
         self.sweep_button.on_click(lambda _: self._sweep_clicked())
@@ -142,7 +146,8 @@ class Lab(w.VBox):
         more = w.Accordion([self.panel], titles=("all knobs of this technique",), selected_index=None)
         controls = w.HBox([self.run_button, self.stop_button, self.progress, self.progress_text],
                           layout=w.Layout(align_items="center"))
-        sweep = w.HBox([self.auto, self.sweep_field, self.sweep_values, self.sweep_button],
+        sweep = w.HBox([self.auto, self.sweep_field, self.sweep_values, self.sweep_button, self.png_button,
+                        self.svg_button],
                        layout=w.Layout(align_items="center"))
         self.status.add_class("commlab-status")
         analytic_box, runs_box = w.Box([self.analytic_chart]), w.Box([self.runs_chart])
@@ -354,6 +359,13 @@ class Lab(w.VBox):
         """Write the runs chart (or which='analytic') as PNG or SVG."""
         chart = self.runs_chart_spec() if which == "runs" else analytic_chart(self.analytic_data)
         return export_chart(chart, path)
+
+    def _export_clicked(self, kind: str) -> None:
+        try:
+            path = self.export_chart(self.runs_dir / "exports" / f"runs_chart.{kind}")
+            self._set_status(f"wrote {path}")
+        except (ValueError, OSError) as e:
+            self._set_status(str(e), error=True)
 
     def _set_status(self, text: str, *, error: bool = False) -> None:
         color = "#b00020" if error else "inherit"
