@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from _fl_systems import EXAMPLES, LR, STEPS, accuracy, workload
 from flwr.client import ClientApp, NumPyClient
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.common.logger import logger
 from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 from flwr.server.strategy import FedAvg
 
@@ -58,7 +57,7 @@ def client_fn_for(n: int, rounds: int):
 def run_flower(n: int, rounds: int, gate) -> float:
     from flwr.simulation import run_simulation
 
-    logger.setLevel(logging.WARNING)
+    logging.getLogger("flwr").setLevel(logging.WARNING)
     here = os.path.dirname(os.path.abspath(__file__))
     os.environ["PYTHONPATH"] = os.pathsep.join([here, os.path.dirname(here), *sys.path[1:]])  # Ray's actors
     data, _, _, model = workload(n, 1)

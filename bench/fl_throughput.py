@@ -75,12 +75,15 @@ class Contender:
         self.proc = mp.get_context("spawn").Process(target=worker, args=(system, n, rounds, child, time.time()),
                                                     name=f"fl-{system}-{n}")
         self.proc.start()
+        child.close()  # the worker holds the other end: its exit shows here as EOF
         first = self._recv()
         self.ttfr, self.first_round, self.reps = first["ttfr"], first["first_round"], []
 
     def _recv(self, timeout: float = 3600.0) -> dict:
-        if not self.conn.poll(timeout):
-            raise TimeoutError(f"{self.system} x{self.n} sent nothing for {timeout:.0f} s")
+        end = time.time() + timeout
+        while not self.conn.poll(1.0):
+            if not self.proc.is_alive() or time.time() > end:
+                raise RuntimeError(f"{self.system} x{self.n} died or hung (exit code {self.proc.exitcode})")
         try:
             return self.conn.recv()
         except EOFError:

@@ -64,6 +64,21 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(autouse=True, scope="session")
+def private_runs_store(tmp_path_factory):
+    """Every test's runs and cached pre-trained backbones (lab.pretrain) go to a temporary runs store, never the
+    repository's runs/; a test that needs its own sets COMMLAB_RUNS_DIR (monkeypatch) or passes runs_dir."""
+    old = os.environ.get("COMMLAB_RUNS_DIR")
+    os.environ["COMMLAB_RUNS_DIR"] = str(tmp_path_factory.mktemp("runs-store"))
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("COMMLAB_RUNS_DIR", None)
+        else:
+            os.environ["COMMLAB_RUNS_DIR"] = old
+
+
+@pytest.fixture(autouse=True, scope="session")
 def one_intra_op_thread():
     """Every test (and every kernel or process it starts) uses one intra-op thread.
 

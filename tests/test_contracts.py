@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
 from functools import cache
 
 import pandas as pd
@@ -40,20 +39,6 @@ from lab.registry import technique, techniques
 TECHNIQUES = tuple(techniques())
 #: non-deterministic by nature: the real time the simulation took
 WALL_COLUMNS = ("wall_seconds",)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def private_runs_store(tmp_path_factory):
-    """Pre-trained backbones (lab.pretrain) are cached under a temporary runs store, not the repository's."""
-    old = os.environ.get("COMMLAB_RUNS_DIR")
-    os.environ["COMMLAB_RUNS_DIR"] = str(tmp_path_factory.mktemp("contract-runs"))
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("COMMLAB_RUNS_DIR", None)
-        else:
-            os.environ["COMMLAB_RUNS_DIR"] = old
 
 
 # ---- the tiny run of a technique ---------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 """DIMAT: activation matching recovers permutations (tied through GroupNorm groups in the CNN), merges
 independently pre-trained agents where plain averaging collapses, and a round merges before it trains."""
-import os
 
 import pytest
 import torch
@@ -10,18 +9,6 @@ from lab.config import config_for
 from lab.data import load_dataset
 from lab.experiment import build_context, run
 from lab.sync.dimat import DIMAT, LAYERS, activations, agent_seed, align, match_units, merge, permute
-
-
-@pytest.fixture(scope="module", autouse=True)
-def runs_dir(tmp_path_factory):
-    """One backbone cache for this module, away from the repository's runs/."""
-    old = os.environ.get("COMMLAB_RUNS_DIR")
-    os.environ["COMMLAB_RUNS_DIR"] = str(tmp_path_factory.mktemp("runs"))
-    yield
-    if old is None:
-        os.environ.pop("COMMLAB_RUNS_DIR")
-    else:
-        os.environ["COMMLAB_RUNS_DIR"] = old
 
 
 def flat(cl, params):

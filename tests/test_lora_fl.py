@@ -1,7 +1,6 @@
 """LoRA-based federated tuning: what is trained and sent, exact aggregation, DP noise and accounting, sparsity.
 The runs fine-tune a backbone pre-trained on digits 0-4 (lab.pretrain), cached in a temporary runs store."""
 import math
-import os
 
 import pytest
 import torch
@@ -13,19 +12,7 @@ from lab.lora.dp_lora import privatize
 from lab.lora.fedex_lora import fedex_aggregate
 from lab.lora.peft import PeftMap
 
-
-@pytest.fixture(scope="module", autouse=True)
-def runs_dir(tmp_path_factory):
-    old = os.environ.get("COMMLAB_RUNS_DIR")
-    os.environ["COMMLAB_RUNS_DIR"] = str(tmp_path_factory.mktemp("runs"))
-    yield
-    if old is None:
-        os.environ.pop("COMMLAB_RUNS_DIR")
-    else:
-        os.environ["COMMLAB_RUNS_DIR"] = old
-
-
-BASE = config_for("fedpeft", num_workers=4, rounds=6, local_steps=10, lr=0.2, eval_every=10_000)  # LoRA: lr 0.5 diverges
+BASE = config_for("fedpeft", num_workers=4, rounds=6, local_steps=10, lr=0.2, eval_every=10_000)  # 0.5 diverges
 
 
 def peft_map(mode="lora", rank=4):

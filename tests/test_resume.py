@@ -41,20 +41,6 @@ COMPRESSED = tuple(t for t in TECHNIQUES if technique(t).compressor_path is not 
 RANDK = {"compressor": "randk", "compression_ratio": 0.1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def private_runs_store(tmp_path_factory):
-    """Pre-trained backbones (lab.pretrain) are cached under a temporary runs store, not the repository's."""
-    old = os.environ.get("COMMLAB_RUNS_DIR")
-    os.environ["COMMLAB_RUNS_DIR"] = str(tmp_path_factory.mktemp("resume-runs"))
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("COMMLAB_RUNS_DIR", None)
-        else:
-            os.environ["COMMLAB_RUNS_DIR"] = old
-
-
 def halves(name: str, **extra) -> tuple[ExperimentConfig, int, str]:
     """(config with a budget of 2k, k, the metrics column that counts the budget) for technique `name`."""
     cls = technique(name)
