@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _fl_systems import EXAMPLES, LR, STEPS, accuracy, workload
+from _fl_systems import Workload, accuracy, workload
 from flwr.client import ClientApp, NumPyClient
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import ServerApp, ServerAppComponents, ServerConfig
@@ -25,42 +25,42 @@ _WORKLOADS: dict = {}  # in each actor: (n, rounds) -> the workload
 
 
 class FlowerClient(NumPyClient):
-    def __init__(self, cid: int, n: int, rounds: int):
-        if (n, rounds) not in _WORKLOADS:
+    def __init__(self, cid: int, w: Workload, n: int, rounds: int):
+        if (w, n, rounds) not in _WORKLOADS:
             import lab  # noqa: F401  (one torch thread, as everywhere in the lab)
 
-            _WORKLOADS[(n, rounds)] = workload(n, rounds)
-        self.cid, (self.data, _, self.order, self.model) = cid, _WORKLOADS[(n, rounds)]
+            _WORKLOADS[(w, n, rounds)] = workload(w, n, rounds)
+        self.cid, self.w, (self.data, _, self.order, self.model) = cid, w, _WORKLOADS[(w, n, rounds)]
 
     def fit(self, parameters, config):
         with torch.no_grad():
             for p, v in zip(self.model.parameters(), parameters):
                 p.copy_(torch.from_numpy(np.asarray(v)))
-        opt = torch.optim.SGD(self.model.parameters(), lr=LR)
+        opt = torch.optim.SGD(self.model.parameters(), lr=self.w.lr)
         x, y, r = self.data.x_train, self.data.y_train, int(config["round"]) - 1
-        for t in range(STEPS):
+        for t in range(self.w.steps):
             idx = self.order[r, t, self.cid]
             loss = F.cross_entropy(self.model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        return [p.detach().numpy().copy() for p in self.model.parameters()], EXAMPLES, {}
+        return [p.detach().numpy().copy() for p in self.model.parameters()], self.w.examples, {}
 
 
-def client_fn_for(n: int, rounds: int):
+def client_fn_for(w: Workload, n: int, rounds: int):
     def client_fn(context):
-        return FlowerClient(int(context.node_config["partition-id"]), n, rounds).to_client()
+        return FlowerClient(int(context.node_config["partition-id"]), w, n, rounds).to_client()
 
     return client_fn
 
 
-def run_flower(n: int, rounds: int, gate) -> float:
+def run_flower(w: Workload, n: int, rounds: int, gate) -> float:
     from flwr.simulation import run_simulation
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     here = os.path.dirname(os.path.abspath(__file__))
     os.environ["PYTHONPATH"] = os.pathsep.join([here, os.path.dirname(here), *sys.path[1:]])  # Ray's actors
-    data, _, _, model = workload(n, 1)
+    data, _, _, model = workload(w, n, 1)
     final = {}
 
     class Timed(FedAvg):
@@ -83,8 +83,8 @@ def run_flower(n: int, rounds: int, gate) -> float:
                          on_fit_config_fn=lambda r: {"round": r}, initial_parameters=ndarrays_to_parameters(start))
         return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=rounds))
 
-    run_simulation(server_app=ServerApp(server_fn=server_fn), client_app=ClientApp(client_fn=client_fn_for(n, rounds)),
-                   num_supernodes=n, backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+    run_simulation(server_app=ServerApp(server_fn=server_fn),
+                   client_app=ClientApp(client_fn=client_fn_for(w, n, rounds)), num_supernodes=n, backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                                      "init_args": {"num_cpus": os.cpu_count() or 1,
                                                                    "include_dashboard": False}})
     with torch.no_grad():

@@ -1,9 +1,9 @@
 """The contenders of bench/fl_throughput.py, each run in its own process and paused between rounds.
 
-One workload for all: FedAvg on digits with the MLP 64-128-10 from the same initial weights, N clients of
-`EXAMPLES` examples each (`lab.data.partition(..., examples_per_worker=EXAMPLES)`, the same partition for
-everyone), one local epoch per round = EXAMPLES / BATCH plain-SGD steps, every client in every round, the
-server averaging the clients' models weighted by their example counts. Every contender takes the same
+One workload for all (`Workload`): FedAvg on digits with the MLP 64-128-10 from the same initial weights, N
+clients of `examples` examples each (`lab.data.partition(..., examples_per_worker=examples)`, the same
+partition for everyone), one local epoch per round = examples / batch plain-SGD steps, every client in every
+round, the server averaging the clients' models weighted by their example counts. Every contender takes the same
 batches in the same order (the lab's own per-client streams, `lab.batches.RankBatches`), so they compute the
 same models up to float rounding and their test accuracies agree.
 
@@ -25,10 +25,25 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import dataclass
 
-#: the workload
-EXAMPLES, BATCH, HIDDEN, LR, SEED = 16, 8, 128, 0.5, 0
-STEPS = EXAMPLES // BATCH  # local steps per round (one epoch)
+
+@dataclass(frozen=True)
+class Workload:
+    examples: int = 16  # per client
+    batch: int = 8
+    hidden: int = 128
+    lr: float = 0.5
+    seed: int = 0
+
+    @property
+    def steps(self) -> int:
+        """Local steps per round: one epoch."""
+        return self.examples // self.batch
+
+    @property
+    def num_params(self) -> int:
+        return 64 * self.hidden + self.hidden + self.hidden * 10 + 10
 
 
 # ---- measuring -----------------------------------------------------------------------------------------------
@@ -79,8 +94,8 @@ class Gate:
 
 
 # ---- the shared workload ---------------------------------------------------------------------------------------
-def workload(n: int, rounds: int):
-    """(data, shards, order (rounds, STEPS, n, BATCH) example indices, initial module): what every contender
+def workload(w: Workload, n: int, rounds: int):
+    """(data, shards, order (rounds, steps, n, batch) example indices, initial module): what every contender
     trains on, in the lab's batch order."""
     import torch
 
@@ -89,12 +104,12 @@ def workload(n: int, rounds: int):
     from lab.models import build_model
 
     data = load_dataset("digits")
-    shards = partition(data.num_train, data.labels, scheme="iid", num_workers=n, seed=SEED,
-                       examples_per_worker=EXAMPLES)
+    shards = partition(data.num_train, data.labels, scheme="iid", num_workers=n, seed=w.seed,
+                       examples_per_worker=w.examples)
     ids = torch.arange(data.num_train)
-    stream = RankBatches(ids, ids, shards, batch_size=BATCH, seed=SEED, ranks=list(range(n)))
-    order = torch.stack([stream.next()[0] for _ in range(rounds * STEPS)]).view(rounds, STEPS, n, BATCH)
-    module = build_model("mlp", data, seed=SEED, hidden=HIDDEN).module
+    stream = RankBatches(ids, ids, shards, batch_size=w.batch, seed=w.seed, ranks=list(range(n)))
+    order = torch.stack([stream.next()[0] for _ in range(rounds * w.steps)]).view(rounds, w.steps, n, w.batch)
+    module = build_model("mlp", data, seed=w.seed, hidden=w.hidden).module
     return data, shards, order, module
 
 
@@ -106,12 +121,12 @@ def accuracy(module, data) -> float:
 
 
 # ---- the contenders ---------------------------------------------------------------------------------------
-def run_commlab(n: int, rounds: int, gate: Gate) -> float:
+def run_commlab(w: Workload, n: int, rounds: int, gate: Gate) -> float:
     from lab.config import config_for
     from lab.experiment import run
 
-    cfg = config_for("fedavg", num_workers=n, rounds=rounds, batch_size=BATCH, examples_per_worker=EXAMPLES,
-                     mlp_hidden=HIDDEN, lr=LR, seed=SEED, topology="phones", eval_every=10**7)
+    cfg = config_for("fedavg", num_workers=n, rounds=rounds, batch_size=w.batch, examples_per_worker=w.examples,
+                     mlp_hidden=w.hidden, lr=w.lr, seed=w.seed, topology="phones", eval_every=10**7)
     mark = [time.perf_counter()]
 
     def after(row):
@@ -123,23 +138,23 @@ def run_commlab(n: int, rounds: int, gate: Gate) -> float:
     return float(r.metrics.eval_accuracy.iloc[-1])
 
 
-def run_loop(n: int, rounds: int, gate: Gate) -> float:
+def run_loop(w: Workload, n: int, rounds: int, gate: Gate) -> float:
     import torch
     import torch.nn.functional as F
     from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-    data, shards, order, model = workload(n, rounds)
+    data, shards, order, model = workload(w, n, rounds)
     x, y = data.x_train, data.y_train
     weights = torch.tensor([len(s) for s in shards], dtype=torch.float32)
     weights /= weights.sum()
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    opt = torch.optim.SGD(model.parameters(), lr=w.lr)
     global_ = parameters_to_vector(model.parameters()).detach()
     for r in range(rounds):
         t0 = time.perf_counter()
         total = torch.zeros_like(global_)
         for i in range(n):
             vector_to_parameters(global_.clone(), model.parameters())  # (the parameters become views of it)
-            for t in range(STEPS):
+            for t in range(w.steps):
                 idx = order[r, t, i]
                 loss = F.cross_entropy(model(x[idx]), y[idx])
                 opt.zero_grad(set_to_none=True)
@@ -152,12 +167,12 @@ def run_loop(n: int, rounds: int, gate: Gate) -> float:
     return accuracy(model, data)
 
 
-def run_vmap(n: int, rounds: int, gate: Gate) -> float:
+def run_vmap(w: Workload, n: int, rounds: int, gate: Gate) -> float:
     import torch
     import torch.nn.functional as F
     from torch.func import functional_call, grad, vmap
 
-    data, shards, order, model = workload(n, rounds)
+    data, shards, order, model = workload(w, n, rounds)
     x, y = data.x_train, data.y_train
     weights = torch.tensor([len(s) for s in shards], dtype=torch.float32)
     weights /= weights.sum()  # (n,)
@@ -170,32 +185,32 @@ def run_vmap(n: int, rounds: int, gate: Gate) -> float:
     for r in range(rounds):
         t0 = time.perf_counter()
         params = {k: v.expand(n, *v.shape) for k, v in global_.items()}  # (n, ...) every client starts here
-        for t in range(STEPS):
+        for t in range(w.steps):
             idx = order[r, t]  # (n, B)
             g = client_grads(params, x[idx], y[idx])
-            params = {k: p - LR * g[k] for k, p in params.items()}
+            params = {k: p - w.lr * g[k] for k, p in params.items()}
         global_ = {k: torch.tensordot(weights, p, dims=1) for k, p in params.items()}
         gate.after_round(time.perf_counter() - t0)
     model.load_state_dict(global_)
     return accuracy(model, data)
 
 
-def run_flower(n: int, rounds: int, gate: Gate) -> float:
+def run_flower(w: Workload, n: int, rounds: int, gate: Gate) -> float:
     from _fl_flower import run_flower as flower  # imports flwr: only when Flower is a contender
 
-    return flower(n, rounds, gate)
+    return flower(w, n, rounds, gate)
 
 
 RUNNERS = {"commlab": run_commlab, "loop": run_loop, "vmap": run_vmap, "flower": run_flower}
 
 
-def worker(system: str, n: int, rounds: int, conn, launched: float) -> None:
+def worker(system: str, w: Workload, n: int, rounds: int, conn, launched: float) -> None:
     """A contender's process: `rounds` rounds of FedAvg over n clients, paced by the coordinator."""
     import lab  # noqa: F401  (one intra-op thread, as the lab chooses)
 
     sampler = PeakRSS()
     sampler.start()
     gate = Gate(conn, launched)
-    acc = RUNNERS[system](n, rounds, gate)
+    acc = RUNNERS[system](w, n, rounds, gate)
     conn.send({"accuracy": acc, "peak_rss": sampler.peak})
     conn.close()

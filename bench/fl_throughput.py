@@ -35,8 +35,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _fl_systems import Workload, worker  # noqa: E402
+
 import lab  # noqa: E402,F401  (one intra-op thread, as the lab chooses)
-from _fl_systems import BATCH, EXAMPLES, HIDDEN, STEPS, worker  # noqa: E402
 
 #: rounds each contender runs per repetition (enough wall time to time, same for all contenders at one N)
 ROUNDS_PER_REP = {10: 10, 100: 5, 1000: 2, 10000: 1}
@@ -53,11 +54,11 @@ def flower_available() -> str | None:
     return version("flwr")
 
 
-def bmm_gflops(n: int = 1000, seconds: float = 0.3) -> float:
+def bmm_gflops(w: Workload, n: int = 1000, seconds: float = 0.3) -> float:
     """fp32 GFLOP/s of torch.bmm (n, B, 64) @ (n, 64, 128), the MLP's first layer over n clients, best of a
     few timed bursts."""
-    a, b = torch.randn(n, BATCH, 64), torch.randn(n, 64, HIDDEN)
-    flops = 2 * n * BATCH * 64 * HIDDEN
+    a, b = torch.randn(n, w.batch, 64), torch.randn(n, 64, w.hidden)
+    flops = 2 * n * w.batch * 64 * w.hidden
     torch.bmm(a, b)
     best, end = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < end:
@@ -69,10 +70,10 @@ def bmm_gflops(n: int = 1000, seconds: float = 0.3) -> float:
 
 
 class Contender:
-    def __init__(self, system: str, n: int, rounds: int):
+    def __init__(self, system: str, w: Workload, n: int, rounds: int):
         self.system, self.n = system, n
         self.conn, child = mp.Pipe()
-        self.proc = mp.get_context("spawn").Process(target=worker, args=(system, n, rounds, child, time.time()),
+        self.proc = mp.get_context("spawn").Process(target=worker, args=(system, w, n, rounds, child, time.time()),
                                                     name=f"fl-{system}-{n}")
         self.proc.start()
         child.close()  # the worker holds the other end: its exit shows here as EOF
@@ -101,24 +102,24 @@ class Contender:
                 "first_round_s": self.first_round, "peak_rss_mb": out["peak_rss"] / 2**20, "accuracy": out["accuracy"]}
 
 
-def measure(n: int, systems: list[str], reps: int, loads: list, gflops: list) -> dict:
+def measure(w: Workload, n: int, systems: list[str], reps: int, loads: list, gflops: list) -> dict:
     k = ROUNDS_PER_REP.get(n, 1)
     rounds = 1 + reps * k
     contenders = []
     for s in systems:  # launched one after the other: each one's time to first round is its own
         print(f"  starting {s} x{n} ...", flush=True)
-        contenders.append(Contender(s, n, rounds))
+        contenders.append(Contender(s, w, n, rounds))
     for rep in range(reps):
         order = contenders[rep % len(contenders):] + contenders[:rep % len(contenders)]
         for c in order:
             c.rounds(k)
-        gflops.append(bmm_gflops())
+        gflops.append(bmm_gflops(w))
         loads.append(os.getloadavg()[0])
     return {c.system: c.finish() for c in contenders}
 
 
-def report(results: dict, gflops: float) -> dict:
-    flops_per_client = STEPS * BATCH * 6 * (64 * HIDDEN + HIDDEN + HIDDEN * 10 + 10)  # one round, fwd + bwd
+def report(w: Workload, results: dict, gflops: float) -> dict:
+    flops_per_client = w.steps * w.batch * 6 * w.num_params  # one round, forward and backward
     summary = {}
     head = f"{'N':>6} {'system':>8} {'s/round':>9} {'ttfr s':>7} {'peak MB':>8} {'acc':>6}"
     print(head)
@@ -167,21 +168,26 @@ def main(argv=None) -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000, 10000])
     ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions")
     ap.add_argument("--no-flower", action="store_true", help="skip Flower even if it is installed")
+    ap.add_argument("--examples", type=int, default=Workload.examples, help="examples per client")
+    ap.add_argument("--batch", type=int, default=Workload.batch, help="batch size (examples / batch local steps)")
     ap.add_argument("--out", type=Path, default=OUT, help="where to write the JSON ('-': nowhere)")
     args = ap.parse_args(argv)
     flower = None if args.no_flower else flower_available()
     if flower is None and not args.no_flower:
         print("Flower is not installed (pip install -e '.[bench]' adds flwr[simulation]): skipping it")
-    loads, gflops = [os.getloadavg()[0]], [bmm_gflops()]
+    w = Workload(examples=args.examples, batch=args.batch)
+    if args.batch < 1 or args.examples % args.batch:
+        raise SystemExit(f"--examples={args.examples} must be a multiple of --batch={args.batch}")
+    loads, gflops = [os.getloadavg()[0]], [bmm_gflops(w)]
     print(f"cores {os.cpu_count()}, torch {torch.__version__} ({torch.get_num_threads()} thread), flwr {flower}, "
           f"device cpu, load {loads[0]:.1f}, bmm {gflops[0]:.1f} GFLOP/s")
     results = {}
     for n in args.clients:
         systems = ["commlab", "loop", "vmap"] + (["flower"] if flower and n <= FLOWER_MAX else [])
         print(f"N = {n}: {', '.join(systems)}; {ROUNDS_PER_REP.get(n, 1)} rounds x {args.reps} reps", flush=True)
-        results[n] = measure(n, systems, args.reps, loads, gflops)
+        results[n] = measure(w, n, systems, args.reps, loads, gflops)
     peak = statistics.median(gflops)
-    summary = report(results, peak)
+    summary = report(w, results, peak)
     checks = targets(summary, results)
     print("load average: " + ", ".join(f"{x:.1f}" for x in loads) + f"; bmm GFLOP/s median {peak:.1f}")
     for name, ok in checks.items():
@@ -189,8 +195,8 @@ def main(argv=None) -> None:
     out = {"machine": {"cores": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                        "threads": torch.get_num_threads(), "device": "cpu", "flwr": flower,
                        "load_average": loads, "bmm_gflops": gflops, "bmm_gflops_median": peak},
-           "workload": {"dataset": "digits", "model": f"mlp 64-{HIDDEN}-10", "examples_per_client": EXAMPLES,
-                        "batch_size": BATCH, "local_steps": STEPS, "client_fraction": 1.0,
+           "workload": {"dataset": "digits", "model": f"mlp 64-{w.hidden}-10", "examples_per_client": w.examples,
+                        "batch_size": w.batch, "local_steps": w.steps, "lr": w.lr, "client_fraction": 1.0,
                         "rounds_per_rep": {n: ROUNDS_PER_REP.get(n, 1) for n in args.clients}, "reps": args.reps},
            "results": {str(n): r for n, r in results.items()}, "summary": {str(n): r for n, r in summary.items()},
            "targets": checks, "flower_skipped": flower is None}

@@ -107,7 +107,7 @@ class ShapedSwitch:
         sh("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
            "rate", f"{self.rate_mbit}mbit", "burst", str(self.burst_bytes), "latency", f"{self.queue_ms}ms")
 
-    def __enter__(self) -> "ShapedSwitch":
+    def __enter__(self) -> ShapedSwitch:
         try:
             sh("ip", "netns", "add", self.switch)
             self.created.append(self.switch)

@@ -73,8 +73,8 @@ def _context(config, width, depth, data, shards, collective):
     from lab.cluster import Cluster
     from lab.comm import Ledger
     from lab.data import RankBatches
-    from lab.optim import make_optimizer
     from lab.models import ModelSpec
+    from lab.optim import make_optimizer
     from lab.technique import TrainContext
     from lab.topology import preset
 
@@ -93,8 +93,8 @@ def _context(config, width, depth, data, shards, collective):
 
 
 def _worker(rank, port, technique, stage, steps, width, depth, out_dir):
-    from lab.comm.distributed import DistributedCollective
     from lab.comm import Ledger
+    from lab.comm.distributed import DistributedCollective
     from lab.data import load_dataset, partition
     from lab.experiment import ExperimentConfig
     from lab.registry import technique as technique_class

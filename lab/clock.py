@@ -63,7 +63,9 @@ class Clock:
         self.comm_total = 0.0  # communication seconds, summed
         self.step = 0
         self.max_events = max_events
-        self._events: list[tuple] = []
+        #: the stored timeline, one chunk per event: (ranks (k,) int64, kind, label, step, start (k,), end (k,))
+        self._chunks: list[tuple] = []
+        self._num_events = 0  # rows of the timeline: ranks summed over the chunks
         self._ready: np.ndarray | None = None  # set inside `overlapping`
         self.compute_source = None  # callable returning the training context's compute seconds so far
 
@@ -175,20 +177,28 @@ class Clock:
     def busy(self, kind: str) -> np.ndarray:
         """(P,) seconds each rank spent in `kind` ('compute' or 'comm') according to the stored events."""
         out = np.zeros(self.num_ranks)
-        for r, k, _, _, s, e in self._events:
+        for ranks, k, _, _, start, end in self._chunks:
             if k == kind:
-                out[r] += e - s
+                np.add.at(out, ranks, end - start)
         return out
 
     def table(self) -> pd.DataFrame:
         """The timeline: one row per rank per event (rank, kind, label, step, start, end)."""
-        return pd.DataFrame(self._events, columns=TABLE_COLUMNS)
+        if not self._chunks:
+            return pd.DataFrame(columns=TABLE_COLUMNS)
+        ranks, kinds, labels, steps, starts, ends = zip(*self._chunks)
+        sizes = [len(r) for r in ranks]
+        return pd.DataFrame({"rank": np.concatenate(ranks), "kind": np.repeat(np.array(kinds, dtype=object), sizes),
+                             "label": np.repeat(np.array(labels, dtype=object), sizes),
+                             "step": np.repeat(np.array(steps, dtype=np.int64), sizes),
+                             "start": np.concatenate(starts), "end": np.concatenate(ends)}, columns=TABLE_COLUMNS)
 
     def _log(self, ranks, kind, label, start, end):
-        if len(self._events) >= self.max_events:
+        if self._num_events >= self.max_events:
             return
         ranks = np.asarray(ranks, dtype=np.int64)
         ranks = ranks[end[ranks] > start[ranks]]  # the ranks the event took time on, in the given order
-        n = len(ranks)
-        self._events.extend(zip(ranks.tolist(), [kind] * n, [label] * n, [self.step] * n, start[ranks].tolist(),
-                                end[ranks].tolist()))
+        if len(ranks):
+            self._chunks.append((ranks, kind, label, int(self.step), start[ranks].astype(float),
+                                 end[ranks].astype(float)))
+            self._num_events += len(ranks)

@@ -113,8 +113,11 @@ class Cluster:
             return vmap(self._loss_of_row, in_dims=(0, 0, 0))(params.detach(), x, y)
 
     def backward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Compute every local worker's gradient on its own batch into `params.grad`; returns losses (n,)."""
-        losses, grads = self.loss_and_grad(self.params, x, y)
+        """Compute every local worker's gradient on its own batch into `params.grad`; returns losses (n,).
+
+        The gradient's memory is the same buffer step after step (`scratch`): what reads `params.grad` reads it
+        before the next backward (the optimizer step, a gradient hook, clipping), as a step does."""
+        losses, grads = self.loss_and_grad(self.params, x, y, out=self.scratch("backward", self.num_local))
         self.params.grad = grads
         return losses
 

@@ -188,10 +188,11 @@ def _partition(num_examples: int, labels: torch.Tensor | None, *, scheme: str, n
     g = torch.Generator().manual_seed(seed * 7919 + 17)
     if scheme == "iid" and examples_per_worker:
         return _dealt(num_examples, num_workers, examples_per_worker, g)
-    if scheme == "iid":
+    if scheme == "iid":  # perm.tensor_split(num_workers), each part sorted: the first n % N parts one longer
         perm = torch.randperm(num_examples, generator=g)
-        owner = torch.repeat_interleave(torch.arange(num_workers), _split_sizes(num_examples, num_workers))
-        return _by_owner(perm, owner, num_workers, num_examples)  # perm.tensor_split(num_workers), each sorted
+        q, r = divmod(num_examples, num_workers)
+        longer = perm[: r * (q + 1)].view(r, q + 1).sort(dim=1).values
+        return list(longer) + list(perm[r * (q + 1):].view(num_workers - r, q).sort(dim=1).values)
     if labels is None:
         raise ValueError(f"partition={scheme!r} needs labels, and this dataset has none; allowed: 'iid'")
     elif scheme == "dirichlet":

@@ -33,6 +33,10 @@ metrics_path = ""  # if set, results are written here as JSON
 chart_path = ""  # if set, the DDP vs Local SGD chart is saved here as a PNG
 
 # %%
+from lab import notebook_params
+
+notebook_params.bind(globals())  # papermill -p/-y values: known names only, list strings parsed
+
 import json
 from pathlib import Path
 

@@ -38,6 +38,10 @@ lm_qsr_alpha = 0.006  # QSR's alpha for AdamW at lr 3e-3: H grows like (alpha / 
 metrics_path = ""  # if set, results are written here as JSON
 
 # %%
+from lab import notebook_params
+
+notebook_params.bind(globals())  # papermill -p/-y values: known names only, list strings parsed
+
 import json
 from pathlib import Path
 

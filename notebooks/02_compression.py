@@ -45,6 +45,10 @@ lm_compressors = ["topk", "powersgd", "sign"]
 metrics_path = ""  # if set, results are written here as JSON
 
 # %%
+from lab import notebook_params
+
+notebook_params.bind(globals())  # papermill -p/-y values: known names only, list strings parsed
+
 import json
 from pathlib import Path
 
@@ -81,6 +85,9 @@ knobs
 probe = knobs.probe
 settings = {name: probe.setting_for(name, target_ratio) for name in compressors}
 knob_table = pd.DataFrame([{**probe.knob(name, s), "setting": s} for name, s in settings.items() if s is not None])
+left_out = probe.left_out(compressors, target_ratio)  # {compressor: why it cannot reach the target}
+for name, reason in left_out.items():
+    print(f"left out of the comparison: {name}: {reason}")
 knob_table[[c for c in ("compressor", "setting", "parameter", "algorithm", "payload_ratio", "traffic_ratio")
             if c in knob_table]]
 
@@ -138,8 +145,12 @@ widgets.show(alt.hconcat(*charts[:2]) & alt.hconcat(*charts[2:]) if len(charts) 
 lm_shared = dict(num_workers=num_workers, steps=max(lm_steps, 1), dataset="chars", model="gpt", lr=0.01,
                  optimizer="adamw", batch_size=8, eval_every=max(lm_steps, 1))
 lm_runs = {}
+lm_left_out = {}
 if lm_steps:
     lm_probe = Probe(config_for("ddp", **lm_shared))
+    lm_left_out = lm_probe.left_out(lm_compressors, target_ratio)
+    for name, reason in lm_left_out.items():
+        print(f"left out of the LM comparison: {name}: {reason}")
     lm_runs["dense DDP"] = run(config_for("ddp", **lm_shared), save=False, progress=False)
     for name in lm_compressors:
         s = lm_probe.setting_for(name, target_ratio)
@@ -153,6 +164,8 @@ results = {
     "target_ratio": target_ratio,
     "dense": dense.summary(),
     "knob": knob_table.to_dict(orient="records"),
+    "left_out": left_out,
+    "lm_left_out": lm_left_out,
     "runs": {f"{n}/{fb}": {**r.summary(), **ratios(r)} for (n, fb), r in runs.items()},
     "lm": {k: {**r.summary(), "initial_loss": float(r.metrics.loss.iloc[0]), **ratios(r)} for k, r in lm_runs.items()},
 }

@@ -44,6 +44,10 @@ memory_cap_gb = 80.0
 metrics_path = ""  # if set, results are written here as JSON
 
 # %%
+from lab import notebook_params
+
+notebook_params.bind(globals())  # papermill -p/-y values: known names only, list strings parsed
+
 import json
 from pathlib import Path
 

@@ -43,6 +43,10 @@ netlab_path = "bench/results/netlab.json"  # what bench/netlab.py measured (rela
 metrics_path = ""  # if set, results are written here as JSON
 
 # %%
+from lab import notebook_params
+
+notebook_params.bind(globals())  # papermill -p/-y values: known names only, list strings parsed
+
 import json
 import warnings
 from pathlib import Path

@@ -44,6 +44,10 @@ star_sequences = 64  # test windows the Star Attention gap is averaged over
 metrics_path = ""  # if set, results are written here as JSON
 
 # %%
+from lab import notebook_params
+
+notebook_params.bind(globals())  # papermill -p/-y values: known names only, list strings parsed
+
 import json
 from pathlib import Path
 

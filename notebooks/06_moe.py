@@ -42,6 +42,10 @@ exflow_tokens = 512  # test tokens of the routing trace
 metrics_path = ""  # if set, results are written here as JSON
 
 # %%
+from lab import notebook_params
+
+notebook_params.bind(globals())  # papermill -p/-y values: known names only, list strings parsed
+
 import json
 from pathlib import Path
 

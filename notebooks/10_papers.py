@@ -40,6 +40,10 @@ budget = 1.0  # scales every run's steps and rounds (0.05 to 20)
 metrics_path = ""  # if set, results are written here as JSON
 
 # %%
+from lab import notebook_params
+
+notebook_params.bind(globals())  # papermill -p/-y values: known names only, list strings parsed
+
 import json
 import time
 from pathlib import Path

@@ -16,6 +16,10 @@
 metrics_path = ""  # if set, which dashboard was shown is written here as JSON
 
 # %%
+from lab import notebook_params
+
+notebook_params.bind(globals())  # papermill -p/-y values: known names only, list strings parsed
+
 import json
 from pathlib import Path
 

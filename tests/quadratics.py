@@ -15,8 +15,8 @@ from lab.cluster import Cluster
 from lab.comm import Ledger, SimulatedCollective
 from lab.data import RankBatches
 from lab.experiment import ExperimentConfig
-from lab.registry import technique as technique_class
 from lab.models import ModelSpec
+from lab.registry import technique as technique_class
 from lab.technique import TrainContext
 from lab.topology import preset
 

@@ -6,13 +6,12 @@ import os
 import threading
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
+from test_contracts import contract_settings
 
 from lab.config import ALWAYS, KNOBS, ExperimentConfig, config_for, reads
 from lab.experiment import run
 from lab.registry import techniques
-from test_contracts import contract_settings
 
 EXAMPLES = int(os.environ.get("COMMLAB_FUZZ_EXAMPLES", "60"))
 #: values no field accepts, or that test a bound

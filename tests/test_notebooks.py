@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from notebook_specs import problems
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 
@@ -26,11 +27,14 @@ def execute(tmp_path_factory):
     env_path = os.environ.get("PYTHONPATH", "")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env_path) if p)
 
+    # run from a directory outside the checkout: notebooks find their files from the repository root (lab.paths)
     def run(name: str, **parameters) -> dict:
         metrics = out / f"{name}.json"
         papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out / f"{name}.ipynb"),
                                    parameters={**parameters, "metrics_path": str(metrics)}, kernel_name="commlab",
-                                   cwd=str(NOTEBOOKS), progress_bar=False, execution_timeout=600)
+                                   cwd=str(out), progress_bar=False, execution_timeout=600)
+        # every chart it drew has data for each mark, and no cell warned (tests/notebook_specs.py)
+        assert not (found := problems(out / f"{name}.ipynb")), f"{name}: " + "\n".join(found)
         return json.loads(metrics.read_text())
 
     try:

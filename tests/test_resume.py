@@ -106,6 +106,7 @@ SCRATCH = {
     "plan",  # DP-LoRA: this round's plan; sequence parallelism: its layout (with `_pos`, cached positions)
     "_pos", "memory", "secondary", "grad_full",  # sharding: per-step snapshots and buffers
     "_counted", "_tokens", "load_history", "host_history", "last_plan", "load",  # MoE: per-step routing records
+    "_scratch",  # the cluster's reused step buffers (Cluster.scratch: contents undefined between calls)
 }
 
 

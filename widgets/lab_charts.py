@@ -178,7 +178,12 @@ def tidy_runs(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def runs_charts(df: pd.DataFrame, *, width: int = 260, height: int = 180) -> alt.HConcatChart:
-    """Loss vs steps, cumulative bytes per link class, loss vs simulated time; one colour per run."""
+    """Loss vs steps, cumulative bytes per link class, loss vs simulated time; one colour per run (before any
+    run: one line saying so, instead of three empty frames)."""
+    if df.empty:
+        return alt.Chart(pd.DataFrame({"text": ["No runs yet: press Run, or show saved runs in the table."]}),
+                         width=3 * width, height=40).mark_text(align="left", x=0, fontSize=13).encode(
+            text="text:N").properties(title="Runs")
     df = tidy_runs(df)
     cols = [c for c in ["label", "step", "loss", "sim_seconds", "bytes_intra", "bytes_inter", "bytes_uplink",
                         "bytes_downlink", "diverged"] if c in df]

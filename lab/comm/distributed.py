@@ -192,7 +192,7 @@ class DistributedCollective(Collective):
         return x[0].contiguous()
 
     def _gather_rows(self, row, *, op="all_gather", tag=""):
-        out = torch.empty(self.world_size, *row.shape, dtype=row.dtype)
+        out = row.new_empty(self.world_size, *row.shape)
         self._wait(op, tag, lambda: dist.all_gather(list(out.unbind(0)), row, group=self.group, async_op=True))
         return out
 
@@ -233,7 +233,7 @@ class DistributedCollective(Collective):
     def _gather_into(self, row, groups, tag=""):
         """(…) -> (G, …): all_gather into views of one output buffer (gloo's all_gather_into_tensor would
         stage the output in a second buffer of the same size)."""
-        out = torch.empty(self._size(groups), *row.shape, dtype=row.dtype)
+        out = row.new_empty(self._size(groups), *row.shape)
         pg = self._pg(groups)
         self._wait("all_gather", tag, lambda: dist.all_gather(list(out.unbind(0)), row.contiguous(), group=pg,
                                                               async_op=True))
@@ -304,7 +304,7 @@ class DistributedCollective(Collective):
         root = 0 if self.group is None else dist.get_global_rank(self.group, 0)
         self._wait("server_gather", tag, lambda: dist.gather(row, gathered, dst=root, group=self.group, async_op=True))
         agg = ordered_sum(torch.stack(gathered)[ranks], weights[ranks]) if self.rank == 0 else \
-            torch.empty(row.shape, dtype=torch.promote_types(row.dtype, torch.float32))  # ordered_sum's dtype
+            torch.empty(row.shape, dtype=torch.promote_types(row.dtype, torch.float32), device=row.device)  # its dtype
         self._wait("server_gather", tag, lambda: dist.broadcast(agg, src=root, group=self.group, async_op=True))
         return agg
 

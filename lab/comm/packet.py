@@ -24,7 +24,7 @@ class Packet:
     def nbytes(self) -> int:
         return sum(row_nbytes(t) for t in self.tensors.values()) + self.header_bytes
 
-    def map(self, fn) -> "Packet":
+    def map(self, fn) -> Packet:
         return Packet({k: fn(v) for k, v in self.tensors.items()}, self.header_bytes, dict(self.meta))
 
 

@@ -22,7 +22,7 @@ class SimulatedCollective(Collective):
         groups = self._groups(groups)
         self._record("all_reduce", x, tag=tag, record=record, groups=groups)
         if groups is not None:
-            out = torch.empty(x.shape, dtype=x.dtype)
+            out = x.new_empty(x.shape)
             for g in groups:
                 out[g] = _reduce(x[g], op, acc).to(x.dtype).unsqueeze(0)
             return out

@@ -133,7 +133,7 @@ class EF21(NoFeedback):
     def _init(self, g):
         if self.h_local is None:
             self.h_local = torch.zeros_like(g)
-            self.h = torch.zeros(g.shape[1], dtype=g.dtype)
+            self.h = g.new_zeros(g.shape[1])
 
     def prepare(self, g):
         self._init(g)

@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -196,14 +196,14 @@ def _chunks(plan: Plan, v: torch.Tensor, ranks: list[int]):
     decoded, bytes (n, C, w))."""
     n, d = v.shape
     k, c = len(plan.workers), plan.chunk
-    x = torch.zeros(n, k * c)
+    x = torch.zeros(n, k * c, device=v.device)
     x[:, :d] = v
     x = x.view(n, k, c)
     packets = [w.compress(x[:, j], ranks=ranks) for j, w in enumerate(plan.workers)]
     local = torch.cat(decode_all(plan.workers, packets), dim=1)[:, :d]
     rows = [serialize_rows(pk) for pk in packets]  # (n, bytes of chunk j)
     width = max(r.shape[1] for r in rows)
-    wire = torch.zeros(n, k, width, dtype=torch.uint8)
+    wire = torch.zeros(n, k, width, dtype=torch.uint8, device=v.device)
     for j, r in enumerate(rows):
         wire[:, j, :r.shape[1]] = r
     plan.last_payload = sum(pk.nbytes() for pk in packets)
@@ -235,7 +235,7 @@ def two_phase(plan: Plan, v: torch.Tensor, collective, *, tag: str, server_feedb
     back = _server_hop(plan, reduced, collective.ranks, feedback=server_feedback)
     for a, r in enumerate(collective.ranks):
         assert back[a].nbytes() == sizes[r], "a re-compressed chunk must have the layout of the chunk"
-    out = torch.zeros(n, wire.shape[2], dtype=torch.uint8)
+    out = torch.zeros(n, wire.shape[2], dtype=torch.uint8, device=wire.device)
     for a, pk in enumerate(back):
         row = serialize_rows(pk)
         out[a, :row.shape[1]] = row[0]

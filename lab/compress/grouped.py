@@ -79,18 +79,18 @@ def _rows(group_members) -> list[int]:
 def _two_phase(plans, v, coll, members, groups, feedback):
     n, d = v.shape
     size = len(groups[0])
-    local = torch.zeros(n, d)
+    local = torch.zeros(n, d, device=v.device)
     packets, wires, sizes = {}, {}, {}
     for gi, mem in members.items():
         packets[gi], local[_rows(mem)], wires[gi] = _chunks(plans[gi], v[_rows(mem)], [r for _, _, r in mem])
         chunk = tuple(pk.nbytes() for pk in packets[gi])
         sizes[gi] = (sum(chunk), chunk, chunk)
     width = max(w.shape[2] for w in wires.values())
-    wire = torch.zeros(n, size, width, dtype=torch.uint8)
+    wire = torch.zeros(n, size, width, dtype=torch.uint8, device=v.device)
     for gi, mem in members.items():
         wire[_rows(mem), :, :wires[gi].shape[2]] = wires[gi]
     recv = coll.all_to_all(wire, groups=groups, record=False)  # (n, G, w): row a, from member i: i's chunk pos(a)
-    out = torch.zeros(n, width, dtype=torch.uint8)
+    out = torch.zeros(n, width, dtype=torch.uint8, device=v.device)
     for gi, mem in members.items():
         plan, rows, owners = plans[gi], _rows(mem), [pos for _, pos, _ in mem]
         comps = [plan.workers[o] for o in owners]
@@ -102,7 +102,7 @@ def _two_phase(plans, v, coll, members, groups, feedback):
             row = serialize_rows(pk)
             out[a, :row.shape[1]] = row[0]
     got = coll.all_gather(out, groups=groups, record=False)  # (n, G, w): every member's re-compressed chunk
-    mean = torch.zeros(n, d)
+    mean = torch.zeros(n, d, device=v.device)
     for gi, mem in members.items():
         plan, a0 = plans[gi], mem[0][0]
         parts = decode_all(plan.servers, [deserialize(got[a0, j:j + 1], packets[gi][j]) for j in range(size)])
@@ -112,7 +112,7 @@ def _two_phase(plans, v, coll, members, groups, feedback):
 
 def _all_gather(plans, v, coll, members, groups, feedback):
     n, d = v.shape
-    local = torch.zeros(n, d)
+    local = torch.zeros(n, d, device=v.device)
     packets, wires, sizes = {}, {}, {}
     for gi, mem in members.items():
         comp = plans[gi].workers[0]
@@ -123,11 +123,11 @@ def _all_gather(plans, v, coll, members, groups, feedback):
         comp.last_nbytes = plans[gi].last_payload = pk.nbytes()
         packets[gi], wires[gi], local[_rows(mem)] = pk, serialize_rows(pk), comp.decompress(pk)
         sizes[gi] = (pk.nbytes(), (), ())
-    wire = torch.zeros(n, max(w.shape[1] for w in wires.values()), dtype=torch.uint8)
+    wire = torch.zeros(n, max(w.shape[1] for w in wires.values()), dtype=torch.uint8, device=v.device)
     for gi, mem in members.items():
         wire[_rows(mem), :wires[gi].shape[1]] = wires[gi]
     got = coll.all_gather(wire, groups=groups, record=False)  # (n, G, w)
-    mean = torch.zeros(n, d)
+    mean = torch.zeros(n, d, device=v.device)
     for gi, mem in members.items():
         comp = plans[gi].workers[0]
         decoded = comp.decompress(deserialize(got[mem[0][0]], packets[gi]))  # (G, d)

@@ -99,3 +99,10 @@ class Probe:
             else:
                 hi = mid
         return lo
+
+    def left_out(self, names, target: float) -> dict:
+        """{name: reason} of the compressors in `names` that no setting brings to a traffic ratio <= target."""
+        floor = 1e-6  # the smallest setting setting_for tries
+        return {name: f"its smallest traffic ratio is {self.knob(name, floor)['traffic_ratio']:.3g} "
+                      f"({self.knob(name, floor)['parameter']}), above the target {target:g}"
+                for name in names if self.setting_for(name, target) is None}

@@ -20,14 +20,14 @@ _WEIGHTS = 2 ** torch.arange(8, dtype=torch.uint8)  # (8,) bit j of a byte has w
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
     """(n, d) bool -> (n, ⌈d/8⌉) uint8, little-endian within each byte."""
     n, d = mask.shape
-    padded = torch.zeros(n, math.ceil(d / 8) * 8, dtype=torch.uint8)
+    padded = torch.zeros(n, math.ceil(d / 8) * 8, dtype=torch.uint8, device=mask.device)
     padded[:, :d] = mask.to(torch.uint8)
-    return (padded.view(n, -1, 8) * _WEIGHTS).sum(dim=2, dtype=torch.uint8)
+    return (padded.view(n, -1, 8) * _WEIGHTS.to(mask.device)).sum(dim=2, dtype=torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor, d: int) -> torch.Tensor:
     """(n, ⌈d/8⌉) uint8 -> (n, d) bool."""
-    bits = (packed.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1
+    bits = (packed.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8, device=packed.device)) & 1
     return bits.reshape(packed.shape[0], -1)[:, :d].bool()
 
 
@@ -39,11 +39,11 @@ def pack_uint(values: torch.Tensor, bits: int) -> torch.Tensor:
     v = values.to(torch.uint8)
     if 8 % bits == 0:  # whole values per byte: no value straddles two bytes
         per = 8 // bits
-        padded = torch.zeros(n, math.ceil(m / per) * per, dtype=torch.uint8)
+        padded = torch.zeros(n, math.ceil(m / per) * per, dtype=torch.uint8, device=v.device)
         padded[:, :m] = v
-        shifts = torch.arange(0, 8, bits, dtype=torch.uint8)  # (per,)
+        shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=v.device)  # (per,)
         return (padded.view(n, -1, per) << shifts).sum(dim=2, dtype=torch.uint8)
-    bit_planes = (v.unsqueeze(-1) >> torch.arange(bits, dtype=torch.uint8)) & 1  # (n, m, bits)
+    bit_planes = (v.unsqueeze(-1) >> torch.arange(bits, dtype=torch.uint8, device=v.device)) & 1  # (n, m, bits)
     return pack_bits(bit_planes.reshape(n, m * bits).bool())
 
 
@@ -52,10 +52,10 @@ def unpack_uint(packed: torch.Tensor, bits: int, m: int) -> torch.Tensor:
     n = packed.shape[0]
     if 8 % bits == 0:
         mask = (1 << bits) - 1
-        shifts = torch.arange(0, 8, bits, dtype=torch.uint8)
+        shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
         return ((packed.unsqueeze(-1) >> shifts) & mask).reshape(n, -1)[:, :m]
     planes = unpack_bits(packed, m * bits).view(n, m, bits).to(torch.uint8)
-    return (planes << torch.arange(bits, dtype=torch.uint8)).sum(dim=2, dtype=torch.uint8)
+    return (planes << torch.arange(bits, dtype=torch.uint8, device=packed.device)).sum(dim=2, dtype=torch.uint8)
 
 
 def bitstring_to_bytes(bits: np.ndarray) -> np.ndarray:

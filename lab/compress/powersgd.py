@@ -139,7 +139,7 @@ class PowerSGD(Compressor):
         return [orthonormalize_(q, self.epsilon) for q in self.q]
 
     def _assemble(self, n: int, pq: list[tuple[torch.Tensor, torch.Tensor]], dense: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(n, self.dim)
+        out = torch.zeros(n, self.dim, device=dense.device)
         for (i, *_), (p, q) in zip(self.matrices, pq):
             out[:, self.offsets[i]:self.offsets[i + 1]] = (p @ q.transpose(1, 2)).reshape(n, -1)
         j = 0

@@ -28,7 +28,7 @@ def blocks_of(v: torch.Tensor, block: int) -> torch.Tensor:
     """(n, d) -> (n, nb, block), zero-padded at the end."""
     n, d = v.shape
     nb = math.ceil(d / block)
-    out = torch.zeros(n, nb * block, dtype=torch.float32)
+    out = torch.zeros(n, nb * block, dtype=torch.float32, device=v.device)
     out[:, :d] = v
     return out.view(n, nb, block)
 

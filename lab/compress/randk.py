@@ -64,12 +64,12 @@ class RandK(Compressor):
         ranks = list(range(n)) if ranks is None else list(ranks)
         seeds = torch.tensor([[row_seed(self.seed, self.calls, r)] for r in ranks], dtype=torch.int64)  # (n, 1)
         self.calls += 1
-        idx = torch.stack([indices_from_seed(int(s), d, k) for s in seeds[:, 0]])  # (n, k)
+        idx = torch.stack([indices_from_seed(int(s), d, k) for s in seeds[:, 0]]).to(v.device)  # (n, k)
         vals = v.gather(1, idx).float() * (d / k if self.scaled else 1.0)
         return Packet({"values": vals, "seed": seeds}, meta={"d": d, "k": k})
 
     def decompress(self, packet):
         d, k = packet.meta["d"], packet.meta["k"]
         vals, seeds = packet.tensors["values"], packet.tensors["seed"]
-        idx = torch.stack([indices_from_seed(int(s), d, k) for s in seeds[:, 0]])  # (n, k)
-        return torch.zeros(vals.shape[0], d).scatter_(1, idx, vals)
+        idx = torch.stack([indices_from_seed(int(s), d, k) for s in seeds[:, 0]]).to(vals.device)  # (n, k)
+        return torch.zeros(vals.shape[0], d, device=vals.device).scatter_(1, idx, vals)

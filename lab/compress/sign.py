@@ -50,7 +50,7 @@ class ScaledSign(Compressor):
 
     def decompress(self, packet):
         neg = unpack_bits(packet.tensors["signs"], packet.meta["d"])  # (n, d)
-        counts = torch.tensor(packet.meta["segments"])
+        counts = torch.tensor(packet.meta["segments"], device=neg.device)
         return packet.tensors["scale"].repeat_interleave(counts, dim=1) * (1.0 - 2.0 * neg.float())
 
 

@@ -84,7 +84,7 @@ class TopK(Compressor):
         vals = v.gather(1, idx)  # (n, k) in v's dtype (fp32 in the lab: 4 bytes each)
         meta = {"d": d, "k": k}
         if 4 * k + math.ceil(d / 8) < 8 * k:
-            mask = torch.zeros(n, d, dtype=torch.bool)
+            mask = torch.zeros(n, d, dtype=torch.bool, device=v.device)
             mask.scatter_(1, idx, True)
             return Packet({"values": vals, "bitmap": pack_bits(mask)}, meta=meta)
         return Packet({"values": vals, "indices": idx.to(torch.int32)}, meta=meta)
@@ -106,7 +106,7 @@ class TopK(Compressor):
         lead = vals.shape[:-1]
         vals = vals.reshape(-1, vals.shape[-1])
         d = packet.meta["d"]
-        out = torch.zeros(vals.shape[0], d, dtype=vals.dtype)
+        out = torch.zeros(vals.shape[0], d, dtype=vals.dtype, device=vals.device)
         if "bitmap" in packet.tensors:
             mask = unpack_bits(packet.tensors["bitmap"].reshape(vals.shape[0], -1), d)
             out[mask] = vals.reshape(-1)  # row-major order matches the sorted indices

@@ -28,7 +28,7 @@ def pad_ragged(collective, packet: Packet) -> Packet:
         longest = collective.all_gather(torch.tensor([[t.shape[1]]]).expand(t.shape[0], 1), record=False)
         width = int(longest.max())
         if width > t.shape[1]:
-            t = torch.cat([t, torch.zeros(t.shape[0], width - t.shape[1], dtype=t.dtype)], dim=1)
+            t = torch.cat([t, t.new_zeros(t.shape[0], width - t.shape[1])], dim=1)
         tensors[name] = t
     return Packet(tensors, packet.header_bytes, dict(packet.meta))
 

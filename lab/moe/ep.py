@@ -70,8 +70,8 @@ class MoECluster:
 
     def evaluate(self, row: torch.Tensor, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
         """Outputs of the full model `row` (dense, then every layer's W1, W2) on x (M, ...), single device."""
-        from lab.moe.model import full_experts
         from lab.moe.layer import reference
+        from lab.moe.model import full_experts
 
         dense, experts = full_experts(self.shape, row)
         outs = []

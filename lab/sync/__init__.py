@@ -1,7 +1,7 @@
 """Sync-period techniques, one module each."""
 from lab.sync.ddp import DDP
-from lab.sync.dimat import DIMAT
 from lab.sync.diloco import DiLoCo
+from lab.sync.dimat import DIMAT
 from lab.sync.dpsgd import DPSGD
 from lab.sync.fedavg import FedAvg
 from lab.sync.fedprox import FedProx

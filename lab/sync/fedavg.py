@@ -75,7 +75,7 @@ class FedAvg(Federated):
             return
         # compressed uplink: clients send their update y_i − x through the channel (error feedback kept per
         # client, only for those taking part); the server adds the decoded weighted average to x
-        active = torch.zeros(ctx.cluster.num_local, dtype=torch.bool)  # (n,) the rows of clients taking part
+        active = torch.zeros(ctx.cluster.num_local, dtype=torch.bool, device=uploads.device)  # (n,) taking part
         active[ctx.cluster.rows_of(clients)[1]] = True
         delta = (uploads - self.global_row) * active.unsqueeze(1)  # (n, d) zero rows for absent clients
         self.channel.set_reference(self.global_row)

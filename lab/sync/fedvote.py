@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import torch
 
-from lab.knobs import Knob
 from lab.comm.packet import Packet
 from lab.compress.packing import pack_bits, unpack_bits
+from lab.knobs import Knob
 from lab.sync.faults import RoundPlan
 from lab.sync.federated import BYZANTINE_CLIENTS, Federated
 from lab.technique import RoundResult, TrainContext

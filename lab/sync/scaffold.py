@@ -49,8 +49,8 @@ import math
 
 import torch
 
-from lab.knobs import Knob, bad
 from lab.compress import Channel, NoFeedback, make_compressor
+from lab.knobs import Knob, bad
 from lab.sync.faults import RoundPlan
 from lab.sync.federated import LOCAL_SGD, Federated, LocalTraining
 from lab.technique import RoundResult, TrainContext
