@@ -83,10 +83,11 @@ def run_flower(w: Workload, n: int, rounds: int, gate) -> float:
                          on_fit_config_fn=lambda r: {"round": r}, initial_parameters=ndarrays_to_parameters(start))
         return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=rounds))
 
-    run_simulation(server_app=ServerApp(server_fn=server_fn),
-                   client_app=ClientApp(client_fn=client_fn_for(w, n, rounds)), num_supernodes=n, backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                                     "init_args": {"num_cpus": os.cpu_count() or 1,
-                                                                   "include_dashboard": False}})
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+               "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False}}
+    clients = ClientApp(client_fn=client_fn_for(w, n, rounds))
+    run_simulation(server_app=ServerApp(server_fn=server_fn), client_app=clients, num_supernodes=n,
+                   backend_config=backend)
     with torch.no_grad():
         for p, v in zip(model.parameters(), parameters_to_ndarrays(final["params"])):
             p.copy_(torch.from_numpy(np.asarray(v)))

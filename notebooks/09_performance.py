@@ -140,7 +140,7 @@ for n in live_clients:
                      examples_per_worker=workload["examples_per_client"], mlp_hidden=128, lr=0.5,
                      topology="phones", eval_every=10**7)
     marks = [time.perf_counter()]
-    r = run(cfg, save=False, progress=False, callback=lambda row: marks.append(time.perf_counter()))
+    r = run(cfg, save=False, progress=False, callback=lambda row, marks=marks: marks.append(time.perf_counter()))
     steady = [b - a for a, b in zip(marks[1:], marks[2:])]
     committed = bench["results"].get(str(n), {}).get("commlab", {}).get("seconds_per_round")
     live.append({"clients": n, "first_round_s": marks[1] - marks[0],

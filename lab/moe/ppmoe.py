@@ -171,7 +171,8 @@ class PPMoETraining(ExpertParallelTraining):
         groups = p // self.tp
         data = ctx.data
         shards = partition(data.num_train, data.labels, scheme=c.partition, num_workers=groups, seed=c.seed,
-                           alpha=c.dirichlet_alpha, shards_per_worker=c.shards_per_worker)
+                           alpha=c.dirichlet_alpha, shards_per_worker=c.shards_per_worker,
+                           examples_per_worker=c.examples_per_worker)
         ctx.batches = GroupBatches(RankBatches(data.x_train, data.y_train, shards, batch_size=c.batch_size,
                                                seed=c.seed, ranks=sorted({r // self.tp for r in ctx.collective.ranks})),
                                    [r // self.tp for r in ctx.collective.ranks])

@@ -86,7 +86,8 @@ class SequenceParallel(Technique):
         self.plan = sp_plan(ctx.collective, method=c.sp_method, layout=c.sp_layout, groups=self.groups)
         data = ctx.data
         num_groups = c.num_workers // g
-        shards = partition(data.num_train, None, scheme="iid", num_workers=num_groups, seed=c.seed)
+        shards = partition(data.num_train, None, scheme="iid", num_workers=num_groups, seed=c.seed,
+                           examples_per_worker=c.examples_per_worker)
         self.mine = [r // g for r in ctx.collective.ranks]  # each local rank's SP group
         self.batches = RankBatches(data.x_train, data.y_train, shards, batch_size=c.batch_size, seed=c.seed,
                                    ranks=sorted(set(self.mine)))

@@ -17,7 +17,16 @@ training is plain SGD with the config's `lr`, `momentum` (a fresh buffer each
 round: clients are stateless) and `weight_decay`; `direction(g, y)` lets a
 technique change the step direction (FedProx's proximal term, SCAFFOLD's
 correction), while `grad_mean` keeps the average *raw* gradient of each
-client over its steps (SCAFFOLD's control variate, robust to momentum).
+client over its steps (SCAFFOLD's control variate, robust to momentum; only
+for techniques that set `keeps_grad_mean`).
+
+Per round, the work is whole-tensor operations over the sampled clients:
+sampling and the fault model act on (N,) masks, each client's local step
+count is a precomputed (N,) tensor, rank -> row maps are tensors
+(`Cluster.rows_of`), every local step gathers all clients' batches in one
+indexing op (`lab.batches`) and updates all their models at once; clients with
+fewer steps are masked with a mask built once per round, and a momentum buffer
+exists only when `momentum` > 0.
 """
 from __future__ import annotations
 
