@@ -29,20 +29,21 @@ def _nvlink_node(n: int) -> Topology:
                     description="one node of 8 GPUs on NVLink (450 GB/s, 5 µs)")
 
 
+def _nodes_on_infiniband(name: str, num_nodes: int, n: int) -> Topology:
+    """n ranks spread evenly over `num_nodes` nodes of NVLink GPUs joined by 400 Gb/s InfiniBand."""
+    if n % num_nodes or n < num_nodes:
+        raise ValueError(f"num_workers={n!r} does not fit topology={name!r}: it must be a positive multiple of "
+                         f"{num_nodes} (ranks are spread over {num_nodes} nodes)")
+    return Topology(name, n, n // num_nodes, NVLINK, IB400, H100_FLOPS, device="H100",
+                    description=f"{num_nodes} nodes of GPUs on NVLink, joined by 400 Gb/s InfiniBand (10 µs)")
+
+
 def _multinode(n: int) -> Topology:
-    if n % 4:
-        raise ValueError(f"num_workers={n!r} does not fit topology='multinode_4x8': it must be a multiple of 4 "
-                         "(ranks are spread over 4 nodes)")
-    return Topology("multinode_4x8", n, n // 4, NVLINK, IB400, H100_FLOPS, device="H100",
-                    description="4 nodes of GPUs on NVLink, joined by 400 Gb/s InfiniBand (10 µs)")
+    return _nodes_on_infiniband("multinode_4x8", 4, n)
 
 
 def _two_nodes(n: int) -> Topology:
-    if n % 2 or n < 2:
-        raise ValueError(f"num_workers={n!r} does not fit topology='multinode_2x4': it must be an even number >= 2 "
-                         "(ranks are spread over 2 nodes)")
-    return Topology("multinode_2x4", n, n // 2, NVLINK, IB400, H100_FLOPS, device="H100",
-                    description="2 nodes of GPUs on NVLink, joined by 400 Gb/s InfiniBand (10 µs)")
+    return _nodes_on_infiniband("multinode_2x4", 2, n)
 
 
 def _leaf_spine(n: int) -> Topology:
