@@ -4,9 +4,12 @@
 flat `(n_local, d)` tensor — row r is worker r's parameter vector, the
 concatenation of the model's parameters in `named_parameters()` order. The
 forward and backward of all workers is one `torch.func.vmap` over
-`functional_call`; a stock `torch.optim` optimizer over the flat tensor acts as
-`n_local` independent optimizers because its arithmetic is elementwise.
-Norm-based operations (gradient clipping) are done per row here.
+`functional_call` — or, for models with a `forward_stacked` (the MLP and the
+linear model: batched matmuls over the leading axis) and a loss whose per-row
+form is known, that forward with plain autograd, which skips vmap's per-call
+Python (a millisecond, more than a whole step of ten small workers). A stock
+`torch.optim` optimizer over the flat tensor acts as `n_local` independent
+optimizers because its arithmetic is elementwise. Norm-based operations (gradient clipping) are done per row here.
 
 Flat rows make communication simple (one buffer per collective, like DDP's
 buckets) and give ZeRO-style sharding contiguous slices to own.
@@ -19,8 +22,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
+
+#: loss_fn (a mean over one worker's batch) -> the same loss of every row of a stacked batch at once:
+#: (outputs (n, B, ...), targets (n, B, ...)) -> (n,)
+ROW_LOSSES: dict[Callable, Callable] = {
+    F.cross_entropy: lambda out, y: F.cross_entropy(out.flatten(0, 1), y.flatten(0, 1), reduction="none")
+    .view(out.shape[0], -1).mean(1),
+    F.mse_loss: lambda out, y: F.mse_loss(out, y, reduction="none").view(out.shape[0], -1).mean(1),
+}
 
 
 class Cluster:
@@ -54,6 +66,8 @@ class Cluster:
         # (about 4.5x the parameter bytes at the peak, against 2x this way; the numbers are identical)
         self._vgrad = vmap(grad_and_value(self._loss_of_dict), in_dims=(0, 0, 0))
         self._vforward = vmap(self._forward_row, in_dims=(0, 0))
+        #: the stacked path (see the module docstring) when the model and its loss allow it
+        self.stacked = (hasattr(type(model), "forward_stacked") and loss_fn in ROW_LOSSES and not self.buffers)
 
     # ---- shapes --------------------------------------------------------------------------
     @property
@@ -92,24 +106,42 @@ class Cluster:
     def _loss_of_row(self, row, x, y):
         return self.loss_fn(self._forward_row(row, x), y)
 
+    def _stacked(self, params: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(n, d) -> {name: (n, *shape)} as views into `params`."""
+        n = params.shape[0]
+        return {k: params.narrow(1, o, c).view(n, *s)
+                for k, o, c, s in zip(self.names, self.offsets, self.numels, self.shapes)}
+
     def forward(self, x: torch.Tensor, params: torch.Tensor | None = None) -> torch.Tensor:
         """x: (n, B, ...) -> outputs (n, B, ...), one batch per row."""
-        return self._vforward(self.params if params is None else params, x)
+        params = self.params if params is None else params
+        if self.stacked:
+            return self.model.forward_stacked(self._stacked(params), x)
+        return self._vforward(params, x)
 
     def loss_and_grad(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, out: torch.Tensor | None = None):
         """Per-row loss (n,) and gradient (n, d) at `params` (n, d); nothing else is written. `out` (n, d): where
         to put the gradient (a buffer reused step after step saves allocating, and faulting in, n·d floats)."""
         p = params.detach()
         n = p.shape[0]
-        named = {k: p.narrow(1, o, c).view(n, *s)
-                 for k, o, c, s in zip(self.names, self.offsets, self.numels, self.shapes)}
-        grads, losses = self._vgrad(named, x, y)
-        flat = torch.cat([grads.pop(k).reshape(n, -1) for k in self.names], dim=1, out=out)  # (n, d)
+        named = self._stacked(p)
+        if self.stacked:
+            leaves = {k: v.detach().requires_grad_() for k, v in named.items()}
+            with torch.enable_grad():
+                losses = ROW_LOSSES[self.loss_fn](self.model.forward_stacked(leaves, x), y)  # (n,)
+                grads = dict(zip(self.names, torch.autograd.grad(losses.sum(), list(leaves.values()))))
+        else:
+            grads, losses = self._vgrad(named, x, y)
+        flat = params.new_empty(n, self.dim) if out is None else out  # (n, d)
+        for k, into in self._stacked(flat).items():  # (copies into slices: faster than a cat of strided grads)
+            into.copy_(grads.pop(k))
         return losses.detach(), flat
 
     def losses(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-row loss (n,) at `params` (n, d), forward only (no activations kept for a backward)."""
         with torch.no_grad():
+            if self.stacked:
+                return ROW_LOSSES[self.loss_fn](self.model.forward_stacked(self._stacked(params.detach()), x), y)
             return vmap(self._loss_of_row, in_dims=(0, 0, 0))(params.detach(), x, y)
 
     def backward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,7 @@ local_steps = 5  # first-order local steps per round (FedAvg, Ferret) and FZooS'
 zo_local_steps = 50  # FedKSeed's zeroth-order steps per round
 zo_seeds = 1024  # FedKSeed's candidate seeds K
 job_steps = 200  # Just One Byte iterations
+fzoos_features = 1000  # FZooS's shared surrogate: random Fourier features D (its code: 10,000; 1,000 runs in seconds)
 metrics_path = ""  # if set, results are written here as JSON
 
 # %%
@@ -66,7 +67,7 @@ plan = {
     "FedKSeed": ("fedkseed", dict(lr=0.02, local_steps=zo_local_steps)),
     "Just One Byte": ("justonebyte", dict(lr=0.01, steps=job_steps, eval_every=max(job_steps // 8, 1))),
     "Ferret": ("ferret", dict(lr=0.5)),
-    "FZooS": ("fzoos", dict(lr=0.01, fzoos_candidates=20)),
+    "FZooS": ("fzoos", dict(lr=0.01, fzoos_candidates=20, fzoos_features=fzoos_features)),
 }
 configs = {name: config_for(t, **{**shared, **own}) for name, (t, own) in plan.items()}
 pd.DataFrame([{"method": name, "left out": field, "why": why} for name, (t, own) in plan.items()
