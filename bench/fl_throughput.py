@@ -40,7 +40,7 @@ from _fl_systems import Workload, worker  # noqa: E402
 import lab  # noqa: E402,F401  (one intra-op thread, as the lab chooses)
 
 #: rounds each contender runs per repetition (enough wall time to time, same for all contenders at one N)
-ROUNDS_PER_REP = {10: 10, 100: 5, 1000: 2, 10000: 1}
+ROUNDS_PER_REP = {10: 50, 100: 10, 1000: 2, 10000: 1}
 FLOWER_MAX = 1000
 OUT = Path(__file__).resolve().parent / "results" / "fl_throughput.json"
 

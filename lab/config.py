@@ -93,6 +93,8 @@ COMMON: dict[str, Knob] = {
                        read_when=lambda c: c.model == "mlp", why="only model='mlp' reads it"),
     "device": Knob("cpu", "where the cluster's tensors live (lab.device): 'cpu', 'cuda' (refused without a GPU), "
                    "or 'auto' (the GPU when there is one)", choices=DEVICES),
+    "threads": Knob(0, "torch CPU threads while this run trains (0 = the lab's choice: $COMMLAB_THREADS, else 1; "
+                    "lab.threads)", low=1, high=1024, special=(0,)),
     "eval_every": Knob(20, "evaluate every this many steps", low=1, high=10**7),
     "seed": Knob(0, "random seed", low=0, high=2**31 - 1),
     "on_divergence": Knob("stop", "a non-finite loss, gradient or parameter stops the run (status 'diverged'), "
@@ -180,7 +182,7 @@ ALWAYS = ("technique", "num_workers", "steps", "rounds", "dataset", "model", "pa
           "shards_per_worker", "batch_size", "lr", "topology", "all_reduce_algorithm", "slow_ranks",
           "straggler_slowdown", "eval_every", "seed", "on_divergence", "backend", "comm_timeout", "heartbeat_timeout",
           "pretrained", "pretrain_steps",
-          "examples_per_worker", "mlp_hidden", "device")
+          "examples_per_worker", "mlp_hidden", "device", "threads")
 
 
 def all_knobs() -> dict[str, Knob]:

@@ -42,7 +42,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lab import checkpoint, pretrain, topology as topo
+from lab import checkpoint, pretrain, threads, topology as topo
 from lab.budget import check_memory
 from lab.clock import Clock
 from lab.cluster import Cluster
@@ -155,7 +155,7 @@ def run(config: ExperimentConfig, *, runs_dir: str | Path | None = None, save: b
             save_run(run_)
 
     bar = None
-    with _sigterm_interrupts():
+    with _sigterm_interrupts(), threads.using(config.threads):
         try:
             ctx, data = build_context(config, collective=collective)
             ctx.stop = stop

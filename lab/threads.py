@@ -7,7 +7,8 @@ and `bench/threads.py` in the same run): 300 DDP steps of the digits MLP took
 23–29 s with torch's default threads and 0.9 s with one; papermill of the
 sync-period notebook 250 s against 38 s. So the lab uses one intra-op thread
 unless told otherwise: `COMMLAB_THREADS=N` (N >= 1) in the environment, or
-`configure(N)` from Python.
+`configure(N)` from Python; for one run, the config's `threads` knob (`using`
+sets it while the run trains and puts the previous count back after).
 
 `import lab` calls `configure()`, so the Jupyter kernel, papermill, the CLI,
 the run panel's background thread (torch's intra-op setting is per process)
@@ -16,6 +17,7 @@ and spawned gloo ranks all get the same choice without any notebook setting it.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
 
@@ -49,3 +51,17 @@ def configure(threads: int | None = None) -> int:
         pass
     os.environ.setdefault("OMP_NUM_THREADS", str(n))  # for processes the lab spawns
     return n
+
+
+@contextmanager
+def using(threads: int):
+    """torch's intra-op threads = `threads` inside the block (0: leave the lab's choice), restored after."""
+    if not threads:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
