@@ -2,7 +2,8 @@
 
 Run as root:
 
-    .venv/bin/python bench/netlab.py                 # the full sweep (several minutes), writes bench/results/netlab.json
+    .venv/bin/python bench/netlab.py                 # the full sweep (several minutes),
+                                                     # writes bench/results/netlab.json
     .venv/bin/python bench/netlab.py --quick         # a small sweep (about a minute), for a smoke check
     .venv/bin/python bench/netlab.py --from bench/results/netlab.json   # re-predict stored measurements
 

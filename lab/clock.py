@@ -155,7 +155,8 @@ class Clock:
                     senders.setdefault(d, []).append(s)
                 senders = {r: senders[r] for r in sorted(senders)}
                 ranks = sorted(set(senders) | set(tr.src[among].tolist()))
-        self.comm(entry.seconds, ranks=ranks, senders=senders, label=f"{entry.op}:{entry.tag}" if entry.tag else entry.op)
+        self.comm(entry.seconds, ranks=ranks, senders=senders,
+                  label=f"{entry.op}:{entry.tag}" if entry.tag else entry.op)
 
     # ---- checkpoints (lab.checkpoint) ---------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -28,14 +28,7 @@ import widgets
 _ = widgets.enable_offline()  # charts render without internet
 
 # %%
-# The Lab widget (all four knobs, runs table, analytic charts) when this version of `widgets` has it;
-# otherwise the tour's run panel.
-if hasattr(widgets, "Lab"):
-    dashboard = widgets.Lab()
-else:
-    from lab.experiment import ExperimentConfig
-
-    dashboard = widgets.RunPanel(ExperimentConfig(technique="local_sgd", num_workers=8, sync_period=16, steps=160))
+dashboard = widgets.Lab()  # the four knobs, the technique and data, Run/Stop/sweep, analytic and run charts, runs table
 if metrics_path:
     Path(metrics_path).write_text(json.dumps({"dashboard": type(dashboard).__name__}))
 dashboard

@@ -34,7 +34,7 @@ def test_one_stock_optimizer_acts_as_independent_per_rank_optimizers():
     stacked = torch.optim.AdamW([cl.params], lr=1e-2, weight_decay=0.1)
     rows = [cl.params.detach()[r].clone().requires_grad_(True) for r in range(3)]
     separate = [torch.optim.AdamW([row], lr=1e-2, weight_decay=0.1) for row in rows]
-    for step in range(3):
+    for _ in range(3):
         x, y = torch.randn(3, 4, 64), torch.randint(0, 10, (3, 4))
         cl.backward(x, y)
         for r in range(3):

@@ -65,8 +65,8 @@ def _technique_memory(cfg):
                                             (3, 2, "none"), (3, 4, "hpz")])
 def test_prediction_equals_the_tensors_each_rank_holds(model, dataset, stage, s, zeropp):
     cfg = ExperimentConfig(technique="zero", num_workers=4, model=model, dataset=dataset, zero_stage=stage,
-                           sharding_degree=s, zeropp=zeropp, hpz_size=2 if zeropp == "hpz" else 0, optimizer="adamw", steps=1,
-                           batch_size=8)
+                           sharding_degree=s, zeropp=zeropp, hpz_size=2 if zeropp == "hpz" else 0, optimizer="adamw",
+                           steps=1, batch_size=8)
     held, d = _technique_memory(cfg)
     predicted = lab_memory(d, stage, s, optimizer="adamw", hpz_size=2 if zeropp == "hpz" else 0)
     assert held == {k: int(getattr(predicted, k)) for k in ("params", "grads", "optimizer", "buffers")}

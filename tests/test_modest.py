@@ -17,7 +17,8 @@ def test_every_node_computes_the_same_sample_from_a_hash_of_peer_and_round():
 
 
 def test_full_sample_one_aggregator_no_failures_equals_fedavg_with_full_participation():
-    base = dict(num_workers=7, rounds=3, local_steps=5)  # 1442 digits / 7: equal shards, so FedAvg's n_i weights are 1/7
+    # 1442 digits / 7: equal shards, so FedAvg's n_i weights are 1/7
+    base = dict(num_workers=7, rounds=3, local_steps=5)
     a, b = quick(technique="fedavg", **base), quick(technique="modest", **base)
     assert torch.allclose(a.model, b.model, atol=1e-6, rtol=0)
     assert b.metrics.bytes_uplink.iloc[-1] == 0 and b.metrics.bytes_peer.iloc[-1] > 0  # no server
@@ -28,7 +29,8 @@ def test_model_transfers_are_two_times_a_times_s_models_per_round():
               topology="wan_sites")
     d4 = 4 * r.model.numel()
     model_msgs = r.ledger[r.ledger.tag.str.startswith("model_to")]
-    per_round = model_msgs.groupby("step").apply(lambda g: g.filter(like="bytes_").to_numpy().sum(), include_groups=False)
+    per_round = model_msgs.groupby("step").apply(lambda g: g.filter(like="bytes_").to_numpy().sum(),
+                                                 include_groups=False)
     s, a = 4, 2
     # trainers -> each aggregator, aggregators -> each next trainer, minus the messages a node sends itself
     assert all(2 * (a * s - a) * d4 <= b <= 2 * a * s * d4 for b in per_round)

@@ -45,7 +45,8 @@ def test_scafcom_converges_with_biased_top_k_and_momentum(quad):
 
 
 def test_scallion_refuses_a_biased_compressor():
-    with pytest.raises(ValueError, match="compressor='topk' is invalid: expected an unbiased compressor for technique='scallion'"):
+    with pytest.raises(ValueError, match="compressor='topk' is invalid: "
+                                         "expected an unbiased compressor for technique='scallion'"):
         run(ExperimentConfig(technique="scallion", compressor="topk", num_workers=4, rounds=1), save=False,
             progress=False)
 

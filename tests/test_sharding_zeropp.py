@@ -74,8 +74,13 @@ def test_qgz_crosses_nodes_with_a_quarter_of_the_bf16_bytes():
     psi, d, n = 8 * 1024, 2, 4  # elements, ranks per node, nodes
     _, _, int4 = _qgz(IntQuantizer(bits=4, block=256))
     _, _, bf16 = _qgz(HalfPrecision("bf16"))
-    inter = lambda c: sum(int(e.bytes["inter"].sum()) for e in c.ledger.entries if e.tag == "grads") / 8
-    intra = lambda c: sum(int(e.bytes["intra"].sum()) for e in c.ledger.entries if e.tag == "grads") / 8
+
+    def inter(c):
+        return sum(int(e.bytes["inter"].sum()) for e in c.ledger.entries if e.tag == "grads") / 8
+
+    def intra(c):
+        return sum(int(e.bytes["intra"].sum()) for e in c.ledger.entries if e.tag == "grads") / 8
+
     # bf16 2-hop schedule: inter (n-1)/n · Ψ/D · 2 bytes; intra (D-1)/D · Ψ · 2 (spec §A3.3)
     assert inter(bf16) == (n - 1) / n * psi / d * 2 and intra(bf16) == (d - 1) / d * psi * 2
     ratio = inter(int4) / inter(bf16)

@@ -86,19 +86,33 @@ class Federated(Technique):
     federated = True
     knobs = {
         "client_fraction": Knob(1.0, "fraction of clients sampled per round", low=0.0, low_open=True, high=1.0),
-        "local_epochs": Knob(1, "local epochs per round (fedavg)", low=1, high=10_000, read_when=lambda c: c.local_steps == 0, why="local_steps > 0 sets the local steps instead", probe_with={"local_steps": 0}),
+        "local_epochs": Knob(1, "local epochs per round (fedavg)", low=1, high=10_000,
+                             read_when=lambda c: c.local_steps == 0, why="local_steps > 0 sets the local steps instead",
+                             probe_with={"local_steps": 0}),
         "local_steps": Knob(0, "local steps per round (0 = local_epochs x ceil(n_i / B))", low=0, high=10**6),
-        "dropout_prob": Knob(0.0, "probability a sampled client drops out of a round", low=0.0, high=1.0, high_open=True),
+        "dropout_prob": Knob(0.0, "probability a sampled client drops out of a round",
+                             low=0.0, high=1.0, high_open=True),
         "straggler_prob": Knob(0.0, "probability a sampled client is a straggler", low=0.0, high=1.0, high_open=True),
-        "round_deadline": Knob(0.0, "the server's deadline in multiples of the round's nominal compute time (0 = wait for every client)", low=1.0, high=1e6, special=(0.0,), probe_with={"straggler_prob": 0.5}),
+        "round_deadline": Knob(0.0, "the server's deadline in multiples of the round's nominal compute time"
+                                    " (0 = wait for every client)",
+                               low=1.0, high=1e6, special=(0.0,), probe_with={"straggler_prob": 0.5}),
         "clients_stop": Knob(0, "clients that stop responding for good (chosen by the seed)", low=0, high=100_000),
-        "stop_round": Knob(0, "the round from which those clients stop", low=0, high=10**6, read_when=lambda c: c.clients_stop > 0, why="only clients_stop > 0 reads it", probe_with={"clients_stop": 1}),
+        "stop_round": Knob(0, "the round from which those clients stop", low=0, high=10**6,
+                           read_when=lambda c: c.clients_stop > 0, why="only clients_stop > 0 reads it",
+                           probe_with={"clients_stop": 1}),
         # ---- faults during a round, leaves and joins (lab.sync.faults) ----
-        "fail_prob": Knob(0.0, "probability a picked client crashes during the round, before sending (silent; back next round)", low=0.0, high=1.0, high_open=True),
-        "return_round": Knob(0, "the round from which the stopped clients come back (0 = never)", low=0, high=10**6, read_when=lambda c: c.clients_stop > 0, why="only clients_stop > 0 reads it",
-                             probe=1, probe_with={"clients_stop": 1, "stop_round": 0, "round_deadline": 2.0, "rounds": 3}),
-        "clients_join": Knob(0, "clients that join late, at join_round (chosen by the seed; not among those that stop)", low=0, high=100_000),
-        "join_round": Knob(1, "the round from which the late clients are there (1: they miss the first round)", low=1, high=10**6, read_when=lambda c: c.clients_join > 0, why="only clients_join > 0 reads it",
+        "fail_prob": Knob(0.0, "probability a picked client crashes during the round, before sending"
+                               " (silent; back next round)",
+                          low=0.0, high=1.0, high_open=True),
+        "return_round": Knob(0, "the round from which the stopped clients come back (0 = never)", low=0, high=10**6,
+                             read_when=lambda c: c.clients_stop > 0, why="only clients_stop > 0 reads it",
+                             probe=1,
+                             probe_with={"clients_stop": 1, "stop_round": 0, "round_deadline": 2.0, "rounds": 3}),
+        "clients_join": Knob(0, "clients that join late, at join_round (chosen by the seed; not among those that stop)",
+                             low=0, high=100_000),
+        "join_round": Knob(1, "the round from which the late clients are there (1: they miss the first round)",
+                           low=1, high=10**6,
+                           read_when=lambda c: c.clients_join > 0, why="only clients_join > 0 reads it",
                            probe_with={"clients_join": 1, "rounds": 4}),
     }
     budget = "rounds"

@@ -135,7 +135,8 @@ class FedVote(Federated):
         self.last_agreement = (votes == plurality).float().mean(1)  # (|p|,)
         self.cred[clients] = 0.5 * self.cred[clients] + 0.5 * self.last_agreement
         cred = self.cred[clients]
-        omega = torch.where(cred >= cred.mean() - 1e-6, cred, torch.zeros_like(cred))  # (tolerance: rounding of the mean)
+        # (tolerance: rounding of the mean)
+        omega = torch.where(cred >= cred.mean() - 1e-6, cred, torch.zeros_like(cred))
         omega = omega / omega.sum()
         soft = torch.zeros_like(mean)
         for wgt, v in zip(omega, votes):  # ascending client order

@@ -52,7 +52,8 @@ class PGFed(Federated):
         **BYZANTINE,
         "pgfed_mu": Knob(0.1, "weight mu of the other clients' approximated risks", low=0.0, high=1e3),
         "pgfed_lambda": Knob(0.01, "step size of the per-client weights a_ij", low=0.0, high=1e3),
-        "pgfed_beta": Knob(0.0, "momentum on the auxiliary gradient (0 = PGFed, 0.5 = PGFedMo)", low=0.0, high=1.0, high_open=True),
+        "pgfed_beta": Knob(0.0, "momentum on the auxiliary gradient (0 = PGFed, 0.5 = PGFedMo)",
+                           low=0.0, high=1.0, high_open=True),
     }
 
     def setup(self, ctx: TrainContext) -> None:

@@ -120,7 +120,8 @@ class Scallion(Scaffold):
     compressor_path = "uplink"
     takes_feedback = False  # its control variates absorb the compression error
     knobs = {
-        "cv_alpha": Knob(0.0, "control-variate step alpha (0 = 1/(1+omega) for unbiased compressors, 1 otherwise)", low=0.0, high=1.0),
+        "cv_alpha": Knob(0.0, "control-variate step alpha (0 = 1/(1+omega) for unbiased compressors, 1 otherwise)",
+                         low=0.0, high=1.0),
     }
     needs_unbiased = True
 
