@@ -157,3 +157,70 @@ def test_auto_run_starts_a_small_run_on_change(lab):
     assert f"({lab.auto_steps} steps)" in lab.auto.description  # its budget, shown
     lab.png_button.click()
     assert (lab.runs_dir / "exports" / "runs_chart.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _chart_rows(lab) -> dict:
+    """Rows per run label in the runs chart's spec (the loss/bytes/time data, not the memory bars)."""
+    counts = {}
+    for rows in lab.runs_chart.spec["datasets"].values():
+        for v in rows:
+            if v.get("step") is not None:
+                counts[v["label"]] = counts.get(v["label"], 0) + 1
+    return counts
+
+
+def test_charts_are_downsampled_and_the_full_data_is_one_click_away(tmp_path):
+    lab = Lab({**SMALL, "sync_period": 2}, runs_dir=tmp_path, load_runs=False, max_points=3)
+    assert lab.start() and lab.wait(60) and lab.error is None
+    (run_id, run), = lab.runs.runs.items()
+    full = len(run.metrics)
+    assert full == SMALL["steps"] // 2 > 3  # one row per round
+    assert _chart_rows(lab) == {"local_sgd": 3}  # the chart: at most max_points per run
+    assert "draw every point (else ≤ 3 per run)" == lab.all_points.description
+    lab.all_points.value = True  # the toggle: every row on the chart
+    assert _chart_rows(lab) == {"local_sgd": full}
+    lab.all_points.value = False
+    assert _chart_rows(lab) == {"local_sgd": 3}
+    # "full data" buttons: every row of the shown runs, labelled, under the store's exports/
+    lab.runs.rows_csv_button.click()
+    lab.runs.rows_parquet_button.click()
+    csv, parquet = (pd.read_csv(tmp_path / "exports" / "runs_rows.csv"),
+                    pd.read_parquet(tmp_path / "exports" / "runs_rows.parquet"))
+    for rows in (csv, parquet):
+        assert len(rows) == full and set(rows.label) == {"local_sgd"}
+        assert list(rows.step) == list(run.metrics.step) and (rows.loss.to_numpy() == run.metrics.loss.to_numpy()).all()
+    assert "runs_rows.parquet" in lab.runs.exported.value
+    lab.runs.shown.value = ()
+    assert len(lab.runs.export_rows(tmp_path / "none.csv").read_text().strip()) == 0  # nothing shown, no rows
+
+
+def test_the_bytes_chart_has_a_visible_link_class_legend(lab, tmp_path):
+    """The link-class legend is drawn (it was once merged away with the loss charts' line dashes), with names a
+    reader knows: both classes for the 2-node composed run, one for a run inside one node."""
+    assert lab.start() and lab.wait(60) and lab.error is None
+    lab.knobs["topology"].value = "nvlink_node"
+    assert lab.start() and lab.wait(60) and lab.error is None
+    multinode, one_node = lab.runs.runs
+    for shown, classes in (((multinode, one_node), {"intra-node", "inter-node"}), ((one_node,), {"intra-node"})):
+        lab.runs.shown.value = shown
+        svg = lab.export_chart(tmp_path / "runs.svg").read_text()
+        assert ">link class<" in svg
+        assert {c for c in ("intra-node", "inter-node") if f">{c}<" in svg} == classes, shown
+        assert "bytes_intra" not in svg and "bytes_inter" not in svg
+
+
+def test_a_run_of_one_round_is_drawn_as_dots():
+    """A run with one metrics row (H = steps) has no line to draw: it shows as a dot on each chart (one per link
+    class on the bytes chart) instead of nothing."""
+    import xml.etree.ElementTree as ET
+
+    import vl_convert as vlc
+
+    from widgets.lab_charts import runs_charts
+
+    one = pd.DataFrame({"label": ["H=16"], "step": [16], "loss": [2.0], "sim_seconds": [1e-3], "bytes_peer": [100.0],
+                        "bytes_inter": [10.0]})
+    svg = ET.fromstring(vlc.vegalite_to_svg(runs_charts(one).to_dict()))
+    dots = [len(g.findall("{http://www.w3.org/2000/svg}path")) for g in svg.iter("{http://www.w3.org/2000/svg}g")
+            if "mark-symbol role-mark" in g.get("class", "")]
+    assert dots == [1, 2, 1], dots  # loss, bytes (intra-node and inter-node), loss vs simulated time

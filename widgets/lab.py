@@ -3,21 +3,24 @@
     import widgets
     widgets.Lab()
 
-Top row: the four knobs that compose (sync period H, compression ratio on a log scale and compressor, sharding
-degree S among the divisors of the workers and ZeRO stage, topology), then the technique and the model/data.
-Every one of them the chosen combination does not read is disabled with its one-line reason
-(`lab.config.is_read`); all the technique's other knobs are in the collapsed "all knobs" section (a `KnobPanel`,
-which turns the knobs into a validated ExperimentConfig).
+Top row: the four knobs that compose (sync period H, compression ratio (log scale) and compressor, sharding degree
+S among the divisors of the workers and ZeRO stage, topology), then the technique and the model/data. A knob the
+combination does not read is disabled with its reason (`lab.config.is_read`); the technique's other knobs are in
+the collapsed "all knobs" section (a `KnobPanel`, which turns the knobs into a validated ExperimentConfig).
 
 Moving a knob redraws, debounced (`debounce_s`), the analytic views (`widgets.lab_charts.analytic`): predicted
 bytes per step per link class, time per step on the topology, memory per rank — no training. With "auto-run" on,
 a small run (`auto_steps`, shown beside it) starts after each change, TensorFlow-Playground style.
 
 Run trains in a background thread (`lab.experiment.run`, saved under runs/ by default: `runs_dir`, `save`); Stop
-ends it within one local step keeping its rows; the progress line shows step/round, rate and ETA; charts redraw
-at most twice a second (`throttle_s`) from ≤ 500 points per run. Finished runs join the runs table
-(`widgets.lab_runs.RunsTable`) and overlay on the charts: loss vs steps, bytes per link class, loss vs simulated
-time, memory per rank. `sweep(field, values)` runs one knob's values in a row under one progress bar.
+ends it within one local step keeping its rows; the progress line shows step/round, rate and ETA; charts redraw at
+most twice a second (`throttle_s`) from ≤ `max_points` (500) points per run ("draw every point": all; the runs
+table's "full data CSV/Parquet" writes all). Finished runs join the runs table (`widgets.lab_runs.RunsTable`) and
+overlay on the charts: loss vs steps, bytes per link class, loss vs simulated time, memory per rank.
+
+`sweep("sync_period", [4, 16])` runs one knob's values, `sweep({"sync_period": [4, 16], "compression_ratio": [0.1,
+0.01]})` a small grid (the product, ≤ `MAX_SWEEP` runs; so does the sweep row, with an optional second knob), in a
+row under one progress bar, each run labelled by what differs; every config is validated before any run starts.
 """
 from __future__ import annotations
 
@@ -37,8 +40,17 @@ from lab.paths import runs_dir as runs_store
 from lab.registry import technique as technique_class
 from widgets.charts import enable_offline
 from widgets.knobs import KnobPanel, sync_period_slider
-from widgets.lab_charts import analytic, analytic_chart, memory_chart, runs_charts, si
-from widgets.lab_runs import RunsTable, export_chart
+from widgets.lab_charts import (
+    MAX_POINTS,
+    analytic,
+    analytic_chart,
+    diff_labels,
+    downsample,
+    memory_chart,
+    runs_charts,
+    si,
+)
+from widgets.lab_runs import MAX_SWEEP, RunsTable, export_chart, parse_grid, sweep_configs
 from widgets.technique_knobs import draft, field_control, set_sharding_options, sharding_degree_control
 
 #: the Lab's starting point: the issue's composed run (Local SGD H=8, top-k 0.1, ZeRO-2 S=4, 2 nodes x 4 ranks)
@@ -47,6 +59,8 @@ DEFAULT = dict(technique="local_sgd", num_workers=8, topology="multinode_2x4", s
                sharding_degree=4)
 #: the four knobs (and their companions) in the top row
 FOUR = ("sync_period", "compression_ratio", "compressor", "sharding_degree", "zero_stage", "topology")
+#: the knobs the sweep row offers
+SWEEPABLE = ("sync_period", "compression_ratio", "sharding_degree", "topology", "lr")
 _STYLE = {"description_width": "10.5em"}
 _W = "22em"
 
@@ -60,14 +74,15 @@ class Lab(w.VBox):
     """The dashboard; see the module docstring. `.config()` is the knobs' ExperimentConfig (None if invalid)."""
 
     def __init__(self, base: ExperimentConfig | dict | None = None, *, runs_dir=None, save: bool = True,
-                 debounce_s: float = 0.04, throttle_s: float = 0.5, auto_steps: int = 24, load_runs: bool = True):
+                 debounce_s: float = 0.04, throttle_s: float = 0.5, auto_steps: int = 24, load_runs: bool = True,
+                 max_points: int = MAX_POINTS):
         enable_offline()
         #: the runs store: `runs_dir`, else $COMMLAB_RUNS_DIR or runs/ at the repository root (lab.paths)
         self.runs_dir = Path(runs_dir) if runs_dir is not None else runs_store()
         self.save, self.debounce_s, self.throttle_s = save, debounce_s, throttle_s
-        self.auto_steps = auto_steps
+        self.auto_steps, self.max_points = auto_steps, max_points
         self.panel = KnobPanel(DEFAULT if base is None else base)
-        b = {**_defaults(), **self.panel.values(), **self.panel.base}
+        b = {**{n: k.default for n, k in KNOBS.items()}, **self.panel.values(), **self.panel.base}
         # ---- the four knobs, linked to the panel's controls (which validate and build the config) ----
         self.knobs: dict[str, w.Widget] = {
             "sync_period": sync_period_slider(b["sync_period"], max_value=128),
@@ -97,15 +112,21 @@ class Lab(w.VBox):
         self.progress = w.IntProgress(value=0, min=0, max=1, bar_style="info", layout=w.Layout(width="16em"))
         self.progress_text = w.HTML("ready")
         self.auto = w.Checkbox(value=False, description=f"auto-run on change ({auto_steps} steps)", indent=False)
-        self.sweep_field = w.Dropdown(options=["sync_period", "compression_ratio", "sharding_degree", "lr"],
-                                      value="sync_period", description="sweep", layout=w.Layout(width="16em"))
-        self.sweep_values = w.Text(value="4, 16, 64", description="values", layout=w.Layout(width="16em"))
-        self.sweep_button = w.Button(description="Sweep", icon="forward")
+        row = dict(layout=w.Layout(width="16em"), style={"description_width": "4em"})
+        self.sweep_field = w.Dropdown(options=SWEEPABLE, value="sync_period", description="sweep", **row)
+        self.sweep_values = w.Text(value="4, 16, 64", description="values", **row)
+        self.sweep_field2 = w.Dropdown(options=[("—", ""), *zip(SWEEPABLE, SWEEPABLE)], value="",
+                                       description="× knob", **row)
+        self.sweep_values2 = w.Text(value="", placeholder="e.g. 0.1, 0.01", description="values", **row)
+        self.sweep_button = w.Button(description="Sweep", icon="forward",
+                                     tooltip=f"every value (× every value of the second knob), ≤ {MAX_SWEEP} runs")
         self.status = w.HTML()
         self.png_button = w.Button(description="chart PNG", icon="image", tooltip="export the runs chart (vl-convert)")
         self.svg_button = w.Button(description="chart SVG", icon="image", tooltip="export the runs chart (vl-convert)")
         self.png_button.on_click(lambda _: self._export_clicked("png"))
         self.svg_button.on_click(lambda _: self._export_clicked("svg"))
+        self.all_points = w.Checkbox(value=False, description=f"draw every point (else ≤ {max_points} per run)",
+                                     indent=False, layout=w.Layout(width="auto"))
         self.run_button.on_click(lambda _: self.start())
         self.stop_button.on_click(lambda _: self.stop())
         self.sweep_button.on_click(lambda _: self._sweep_clicked())
@@ -133,6 +154,7 @@ class Lab(w.VBox):
             c.observe(self._on_data, names="value")
         self.runs.shown.observe(lambda _: self.draw_runs(), names="value")
         self.auto.observe(lambda ch: ch["new"] and self._schedule(), names="value")
+        self.all_points.observe(lambda _: self.draw_runs(), names="value")
 
         def cell(n):
             return w.VBox([self.knobs[n], self.reasons[n]], layout=w.Layout(width="24em"))
@@ -146,16 +168,16 @@ class Lab(w.VBox):
         more = w.Accordion([self.panel], titles=("all knobs of this technique",), selected_index=None)
         controls = w.HBox([self.run_button, self.stop_button, self.progress, self.progress_text],
                           layout=w.Layout(align_items="center"))
-        sweep = w.HBox([self.auto, self.sweep_field, self.sweep_values, self.sweep_button, self.png_button,
-                        self.svg_button],
-                       layout=w.Layout(align_items="center"))
+        sweep = w.HBox([self.sweep_field, self.sweep_values, self.sweep_field2, self.sweep_values2,
+                        self.sweep_button, self.auto], layout=w.Layout(align_items="center", flex_flow="row wrap"))
+        exports = w.HBox([self.png_button, self.svg_button, self.all_points], layout=w.Layout(align_items="center"))
         self.status.add_class("commlab-status")
         analytic_box, runs_box = w.Box([self.analytic_chart]), w.Box([self.runs_chart])
         analytic_box.add_class("commlab-analytic")
         runs_box.add_class("commlab-runs-chart")
         super().__init__([w.HTML("<b>The four knobs</b>"), four, data, self.panel.message, more, controls, sweep,
                           self.status, w.HTML("<b>Predicted, before any run</b>"), analytic_box,
-                          w.HTML("<b>Runs</b>"), runs_box, self.runs])
+                          w.HTML("<b>Runs</b>"), runs_box, exports, self.runs])
         self.add_class("commlab-lab")
         self._on_change()
         self.flush()
@@ -233,36 +255,41 @@ class Lab(w.VBox):
 
     def start(self, config: ExperimentConfig | None = None) -> bool:
         """Train `config` (default: the knobs') in the background; False (reason in the status) if not started."""
-        return self._launch([config] if config is not None else None)
+        config = self._knobs_config() if config is None else config
+        return config is not None and self._launch([config])
 
-    def sweep(self, field: str, values) -> bool:
-        """Run the knobs' config once per value of `field`, in a row, under one progress bar."""
-        base = self.config()
-        if base is None:
-            self._set_status(f"invalid knobs: {self.panel.error}", error=True)
-            return False
-        if field not in KNOBS:
-            raise ValueError(f"field={field!r} is unknown; allowed: {sorted(KNOBS)}")
-        return self._launch([dataclasses.replace(base, **{field: v}) for v in values])
+    def sweep(self, knobs: str | dict, values=None) -> bool:
+        """Run the knobs' config once per value of one knob (`sweep("sync_period", [4, 16])`) or per point of a
+        small grid (`sweep({"sync_period": [4, 16], "compression_ratio": [0.1, 0.01]})`), in a row, under one
+        progress bar. Every config is validated first (ValueError: nothing started); at most `MAX_SWEEP` runs."""
+        if isinstance(knobs, str) == (values is None):
+            raise ValueError(f"values={values!r} is invalid: expected the values of one knob, sweep('sync_period', "
+                             f"[4, 16]), or a grid and no values, sweep({{'sync_period': [4, 16], ...}})")
+        base = self._knobs_config()
+        return base is not None and self._launch(sweep_configs(base, {knobs: values} if isinstance(knobs, str)
+                                                                      else knobs))
+
+    def sweep_grid(self) -> dict:
+        """The sweep row's grid: {knob: values} of the first knob, and of the second unless it is '—'."""
+        return parse_grid([(self.sweep_field.value, self.sweep_values.value),
+                           (self.sweep_field2.value, self.sweep_values2.value)])
 
     def _sweep_clicked(self) -> None:
-        kind = KNOBS[self.sweep_field.value].type
         try:
-            values = [kind(v.strip()) for v in self.sweep_values.value.split(",") if v.strip()]
-            self.sweep(self.sweep_field.value, values)
+            self.sweep(self.sweep_grid())
         except ValueError as e:
             self._set_status(str(e), error=True)
+
+    def _knobs_config(self) -> ExperimentConfig | None:
+        config = self.config()
+        if config is None:
+            self._set_status(f"invalid knobs: {self.panel.error}", error=True)
+        return config
 
     def _launch(self, configs) -> bool:
         if self.running:
             self._set_status("a run is already going: Stop it or wait", error=True)
             return False
-        if configs is None:
-            config = self.config()
-            if config is None:
-                self._set_status(f"invalid knobs: {self.panel.error}", error=True)
-                return False
-            configs = [config]
         budgets = [c.rounds if technique_class(c.technique).budget == "rounds" else c.steps for c in configs]
         self.progress.max, self.progress.value = sum(budgets), 0
         self._stop = threading.Event()
@@ -284,23 +311,25 @@ class Lab(w.VBox):
         return not self.running
 
     def _work(self, configs, budgets) -> None:
-        offset, t0 = 0, time.perf_counter()
+        offset, t0, n = 0, time.perf_counter(), len(configs)
+        labels = diff_labels(configs) if n > 1 else [technique_class(configs[0].technique).describe(configs[0])]
         try:
-            for config, budget in zip(configs, budgets):
+            for i, (config, budget, label) in enumerate(zip(configs, budgets, labels), 1):
                 if self._stop.is_set():
                     break
                 unit = "round" if technique_class(config.technique).budget == "rounds" else "step"
-                self._live, self._live_label = [], f"running: {technique_class(config.technique).describe(config)}"
-                self._set_status(f"{self._live_label} ({budget} {unit}s)")
+                self._live, self._live_label = [], f"running: {label}"
+                which = f"sweep run {i}/{n}: " if n > 1 else ""
+                self._set_status(f"{which}{self._live_label} ({budget} {unit}s)")
 
-                def on_row(row, offset=offset, unit=unit, budget=budget):
+                def on_row(row, offset=offset, unit=unit, which=which):
                     self._live.append(row)
                     done = offset + int(row[unit])
                     self.progress.value = min(done, self.progress.max)
                     elapsed = time.perf_counter() - t0
                     rate = done / elapsed if elapsed > 0 else 0.0
                     eta = (self.progress.max - done) / rate if rate > 0 else float("nan")
-                    self.progress_text.value = (f"step {int(row['step'])} · round {int(row['round'])} · "
+                    self.progress_text.value = (f"{which}step {int(row['step'])} · round {int(row['round'])} · "
                                                 f"{done}/{self.progress.max} {unit}s · {rate:.3g} {unit}s/s · "
                                                 f"ETA {si(eta, 's')}")
                     if time.monotonic() - self._last_draw >= self.throttle_s:
@@ -311,7 +340,7 @@ class Lab(w.VBox):
                 self._live = []
                 self.runs.add(r)
                 s = r.summary()
-                self.status_line = (f"{r.status} at step {s['steps']} (round {s['rounds']}) · loss "
+                self.status_line = (f"{which}{r.status} at step {s['steps']} (round {s['rounds']}) · loss "
                                     f"{s['final_loss']:.4f} · {si(s['bytes'], 'B')} sent · "
                                     f"{si(s['sim_seconds'], 's')} simulated · {si(s['wall_seconds'], 's')} wall")
                 self._set_status(self.status_line)
@@ -333,10 +362,8 @@ class Lab(w.VBox):
                 self._schedule()
 
     # ---- charts -----------------------------------------------------------------------------------------
-    def frame(self, *, max_points: int | None = 500) -> pd.DataFrame:
+    def frame(self, *, max_points: int | None = MAX_POINTS) -> pd.DataFrame:
         """The rows on the charts: the shown runs and the running one (downsampled; None: all rows)."""
-        from widgets.lab_charts import downsample
-
         df = self.runs.frame(max_points=max_points)
         if self._live:
             live = pd.DataFrame(list(self._live)).assign(label=self._live_label, diverged=False)
@@ -347,7 +374,7 @@ class Lab(w.VBox):
         """The altair chart of the shown runs: loss, bytes per link class, simulated time, memory per rank."""
         labels = self.runs.labels()
         mem = [analytic(r.config)["memory"].assign(label=labels[k]) for k, r in self.runs.shown_runs().items()]
-        top = runs_charts(self.frame())
+        top = runs_charts(self.frame(max_points=None if self.all_points.value else self.max_points))
         return (alt.vconcat(top, memory_chart(pd.concat(mem, ignore_index=True))).resolve_scale(color="independent")
                 if mem else top)
 
@@ -370,7 +397,3 @@ class Lab(w.VBox):
     def _set_status(self, text: str, *, error: bool = False) -> None:
         color = "#b00020" if error else "inherit"
         self.status.value = f"<span style='color:{color}'>{html.escape(text)}</span>"
-
-
-def _defaults() -> dict:
-    return {n: k.default for n, k in KNOBS.items()}

@@ -22,6 +22,8 @@ import pandas as pd
 
 #: per-series cap on the rows a chart carries
 MAX_POINTS = 500
+#: runs with at most this many rows get a dot on each row (a one-round run is then visible)
+SPARSE_ROWS = 60
 _PREFIX = {"B": ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, "")),
            "s": ((3600.0, "h"), (1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n"))}
 #: knobs shown short in labels and table headers
@@ -178,44 +180,56 @@ def tidy_runs(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def runs_charts(df: pd.DataFrame, *, width: int = 260, height: int = 180) -> alt.HConcatChart:
-    """Loss vs steps, cumulative bytes per link class, loss vs simulated time; one colour per run (before any
-    run: one line saying so, instead of three empty frames)."""
+    """Loss vs steps, cumulative bytes per link class, loss vs simulated time; one colour per run, in the order of
+    the rows (before any run: one line saying so, instead of three empty frames)."""
     if df.empty:
         return alt.Chart(pd.DataFrame({"text": ["No runs yet: press Run, or show saved runs in the table."]}),
                          width=3 * width, height=40).mark_text(align="left", x=0, fontSize=13).encode(
             text="text:N").properties(title="Runs")
-    df = tidy_runs(df)
-    cols = [c for c in ["label", "step", "loss", "sim_seconds", "bytes_intra", "bytes_inter", "bytes_uplink",
-                        "bytes_downlink", "diverged"] if c in df]
-    df = df[cols]
-    color = alt.Color("label:N", title="run", legend=alt.Legend(orient="bottom", columns=1, labelLimit=360))
+    df = tidy_runs(df).rename(columns={f"bytes_{k}": v for k, v in LINKS.items()})  # legend: 'intra-node'
+    df = df[[c for c in ["label", "step", "loss", "sim_seconds", *LINKS.values(), "diverged"] if c in df]]
+    df["sparse"] = df.groupby("label").step.transform("size") <= SPARSE_ROWS
+    runs = list(dict.fromkeys(df.label))
+    color = alt.Color("label:N", title="run", sort=runs, legend=alt.Legend(
+        orient="bottom", columns=1, labelLimit=360, symbolType="stroke", symbolStrokeWidth=2))
     base = alt.Chart(width=width, height=height)
-    loss = base.mark_line(clip=True).encode(
-        x=alt.X("step:Q", title="local steps per worker", axis=alt.Axis(format="~s")),
-        y=alt.Y("loss:Q", title="training loss", scale=alt.Scale(zero=False)), color=color,
-        strokeDash=alt.StrokeDash("diverged:N", title="diverged", legend=None),
-        tooltip=["label:N", "step:Q", alt.Tooltip("loss:Q", format=".4f")]).properties(
-        title="Is the loss going down?")
-    link_cols = [c for c in ("bytes_intra", "bytes_inter", "bytes_uplink", "bytes_downlink") if c in df]
-    byte = base.transform_fold(link_cols, as_=["link", "b"]).transform_filter("datum.b > 0").mark_line().encode(
-        x=alt.X("step:Q", title="local steps per worker", axis=alt.Axis(format="~s")),
-        y=alt.Y("b:Q", title="bytes sent, all ranks (log)", scale=alt.Scale(type="log"),
-                axis=alt.Axis(labelExpr=si_axis("B"), tickCount=5, labelOverlap="greedy")), color=color,
-        strokeDash=alt.StrokeDash("link:N", title="link class", legend=alt.Legend(orient="bottom")),
-        tooltip=["label:N", "link:N", alt.Tooltip("b:Q", format=".3s")]).properties(
-        title="How many bytes crossed each link class?")
-    sim = base.mark_line(clip=True).encode(
-        x=alt.X("sim_seconds:Q", title="simulated time", axis=alt.Axis(labelExpr=si_axis("s"))),
-        y=alt.Y("loss:Q", title="training loss", scale=alt.Scale(zero=False)), color=color,
-        tooltip=["label:N", alt.Tooltip("sim_seconds:Q", format=".3s"), alt.Tooltip("loss:Q", format=".4f")]
-    ).properties(title="Which run reaches a low loss sooner?")
-    return alt.hconcat(loss, byte, sim, data=df).resolve_scale(color="shared")
+    steps = alt.X("step:Q", title="local steps per worker", axis=alt.Axis(format="~s"))
+    loss = alt.Y("loss:Q", title="training loss", scale=alt.Scale(zero=False))
+
+    def lines(chart, title, x, y, **encoding):
+        """Lines, and a dot on each row of runs with few rows (a run of one round is a dot, not nothing)."""
+        line = chart.mark_line(clip=True).encode(x=x, y=y, color=color, **encoding)
+        dots = chart.transform_filter("datum.sparse").mark_point(filled=True, size=18, opacity=1, clip=True).encode(
+            x=x, y=y, color=alt.Color("label:N", sort=runs, legend=None), tooltip=encoding.get("tooltip", []))
+        return alt.layer(line, dots, title=title)
+
+    loss_chart = lines(base, "Is the loss going down?", steps, loss,
+                       strokeDash=alt.StrokeDash("diverged:N", title="diverged", legend=None),
+                       tooltip=["label:N", "step:Q", alt.Tooltip("loss:Q", format=".4f")])
+    link_cols = [c for c in LINKS.values() if c in df]
+    byte = lines(base.transform_fold(link_cols, as_=["link", "b"]).transform_filter("datum.b > 0"),
+                 "How many bytes crossed each link class?", steps,
+                 alt.Y("b:Q", title="bytes sent, all ranks (log)", scale=alt.Scale(type="log"),
+                       axis=alt.Axis(labelExpr=si_axis("B"), tickCount=5, labelOverlap="greedy")),
+                 strokeDash=alt.StrokeDash("link:N", title="link class", sort=list(LINKS.values()), legend=alt.Legend(
+                     orient="bottom", symbolType="stroke", symbolStrokeWidth=2, symbolSize=300,
+                     symbolStrokeColor="#555")),
+                 tooltip=["label:N", "link:N", alt.Tooltip("b:Q", format=".3s")])
+    sim = lines(base, "Which run reaches a low loss sooner?",
+                alt.X("sim_seconds:Q", title="simulated time", axis=alt.Axis(labelExpr=si_axis("s"))), loss,
+                tooltip=["label:N", alt.Tooltip("sim_seconds:Q", format=".3s"), alt.Tooltip("loss:Q", format=".4f")])
+    # one colour per run across the three; the line dash means 'diverged' on the loss charts and 'link class' on
+    # the bytes chart, so that scale (and its legend, under the bytes chart) is the bytes chart's own
+    return alt.hconcat(loss_chart, byte, sim, data=df).resolve_scale(color="shared", strokeDash="independent"
+                                                              ).resolve_legend(strokeDash="independent")
 
 
 def memory_chart(rows: pd.DataFrame, *, width: int = 260, height: int = 120) -> alt.Chart:
-    """Predicted memory per rank of each shown run, stacked by category."""
-    return alt.Chart(rows, width=width, height=height, title="How much memory does each rank of a run hold?"
-                     ).mark_bar().encode(
+    """Predicted memory per rank of each shown run, stacked by category (the run labels right of the bars: on the
+    left they would push the runs charts above them sideways)."""
+    title = "How much memory does each rank of a run hold?"
+    return alt.Chart(rows, width=width, height=height, title=title).mark_bar().encode(
         x=alt.X("sum(bytes):Q", title="bytes per rank", axis=alt.Axis(labelExpr=si_axis("B"), tickCount=4)),
-        y=alt.Y("label:N", title=None, axis=alt.Axis(labelLimit=200)), color=alt.Color("category:N", title="memory"),
+        y=alt.Y("label:N", title=None, sort=None, axis=alt.Axis(labelLimit=260, orient="right")),
+        color=alt.Color("category:N", title="memory"),
         tooltip=["label:N", "category:N", alt.Tooltip("bytes:Q", format=".3s")])

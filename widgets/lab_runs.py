@@ -3,12 +3,20 @@
 One row per run: status, the knobs that differ between the runs shown (config-diff columns), final loss and
 accuracy, bytes, simulated and wall time, and the loss relative to a pinned baseline. Runs are picked for the
 charts in `.shown` (show/hide), overlaid, labelled by what differs between them (`diff_labels`); diverged runs
-are marked. `.export_table(path)` writes the table as CSV or Parquet, `.export_run(run_id, path)` one run's
+are marked. `.export_table(path)` writes the table as CSV or Parquet, `.export_rows(path)` every metrics row of the
+shown runs (the charts carry at most 500 per run; "full data CSV/Parquet"), `.export_run(run_id, path)` one run's
 metrics, `export_chart(chart, path)` a chart as PNG or SVG (vl-convert).
+
+`parse_grid` reads a sweep row's typed values; `sweep_configs(base, grid)` turns a sweep (one knob's values, or a
+small grid of several knobs' values) into the configs to run, all validated before the first starts, at most
+`MAX_SWEEP`.
 """
 from __future__ import annotations
 
+import dataclasses
 import html
+import itertools
+import math
 from pathlib import Path
 
 import ipywidgets as w
@@ -19,6 +27,71 @@ from widgets.lab_charts import SHORT, diff_fields, diff_labels, downsample, si
 
 #: the newest runs loaded from the store
 MAX_STORED = 40
+#: the most runs one sweep starts (a grid's size is the product of its knobs' numbers of values)
+MAX_SWEEP = 16
+
+
+def sweep_configs(base, grid: dict, *, limit: int = MAX_SWEEP) -> list:
+    """`base` (an ExperimentConfig) at every point of `grid` = {field: values} (the product; the first field
+    varies slowest), all validated before any is returned. ValueError naming the field, the value and what is
+    allowed for an unknown field, empty values, a grid over `limit` runs or a point that is not a valid config."""
+    from lab.config import KNOBS
+
+    if not isinstance(grid, dict) or not grid:
+        raise ValueError(f"grid={grid!r} is invalid: expected {{field: values}} with at least one field")
+    grid = dict(grid)
+    for field, values in grid.items():
+        if field not in KNOBS:
+            raise ValueError(f"field={field!r} is unknown; allowed: {sorted(KNOBS)}")
+        listed = [] if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__") else list(values)
+        if not listed:
+            raise ValueError(f"values={values!r} of field={field!r} are invalid: expected a non-empty list of "
+                             f"values, each {KNOBS[field].allowed()}")
+        grid[field] = listed
+    size = math.prod(len(v) for v in grid.values())
+    if size > limit:
+        shape = " × ".join(f"{len(v)} {f}" for f, v in grid.items())
+        raise ValueError(f"the sweep has {size} runs ({shape}); allowed: at most {limit} runs: give fewer values")
+    configs = []
+    for point in itertools.product(*grid.values()):
+        changes = dict(zip(grid, point))
+        try:
+            configs.append(dataclasses.replace(base, **changes))
+        except ValueError as e:
+            where = ", ".join(f"{f}={v!r}" for f, v in changes.items())
+            raise ValueError(f"sweep point {where}: {e}") from None
+    return configs
+
+
+def parse_grid(rows) -> dict:
+    """{field: values} from (field, 'v1, v2, ...') pairs typed in a sweep row, each value as its field's type;
+    a pair with no field ('') is skipped. ValueError naming the field for a value or a field given twice."""
+    from lab.config import KNOBS
+
+    grid = {}
+    for field, text in rows:
+        if not field:
+            continue
+        if field in grid:
+            raise ValueError(f"sweep knob {field!r} is given twice; expected each knob once (or '—')")
+        knob, grid[field] = KNOBS[field], []
+        for v in filter(None, (v.strip() for v in text.split(","))):
+            try:
+                grid[field].append(knob.type(v))
+            except ValueError:
+                raise ValueError(f"{field}={v!r} is invalid: expected {knob.allowed()}") from None
+    return grid
+
+
+def write_frame(df: pd.DataFrame, path) -> Path:
+    """Write rows as CSV or Parquet (by the suffix of `path`), creating its directory."""
+    path = Path(path)
+    if path.suffix not in (".csv", ".parquet"):
+        raise ValueError(f"path={str(path)!r} is invalid: expected a .csv or .parquet file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False) if path.suffix == ".csv" else df.astype(
+        {c: str for c in df.columns if df[c].dtype == object}).to_parquet(path, index=False)
+    return path
 
 
 def export_chart(chart, path) -> Path:
@@ -37,22 +110,28 @@ class RunsTable(w.VBox):
     def __init__(self, root=None, *, load: bool = True):
         self.root = Path(root) if root is not None else default_runs_dir()
         self.runs: dict[str, Run] = {}
-        self.shown = w.SelectMultiple(description="show runs", rows=5, layout=w.Layout(width="32em"),
+        self.shown = w.SelectMultiple(description="show runs", rows=5, layout=w.Layout(width="38em"),
                                       style={"description_width": "7em"})
         self.baseline = w.Dropdown(description="baseline", options=[("none", "")], value="",
                                    layout=w.Layout(width="24em"), style={"description_width": "5em"})
         self.html = w.HTML()
         self.refresh_button = w.Button(description="Reload", icon="refresh", tooltip=f"reload runs from {self.root}")
-        self.csv_button = w.Button(description="CSV", icon="download", tooltip="export the table as CSV")
-        self.parquet_button = w.Button(description="Parquet", icon="download", tooltip="export the table as Parquet")
+        self.csv_button = w.Button(description="table CSV", icon="download", tooltip="export the table as CSV")
+        self.parquet_button = w.Button(description="table Parquet", icon="download",
+                                       tooltip="export the table as Parquet")
+        rows = "every metrics row of the shown runs (the charts carry at most 500 per run)"
+        self.rows_csv_button = w.Button(description="full data CSV", icon="download", tooltip=rows)
+        self.rows_parquet_button = w.Button(description="full data Parquet", icon="download", tooltip=rows)
         self.exported = w.HTML()
         self.refresh_button.on_click(lambda _: self.load())
-        self.csv_button.on_click(lambda _: self._export("csv"))
-        self.parquet_button.on_click(lambda _: self._export("parquet"))
+        for what, kind, b in (("table", "csv", self.csv_button), ("table", "parquet", self.parquet_button),
+                              ("rows", "csv", self.rows_csv_button), ("rows", "parquet", self.rows_parquet_button)):
+            b.on_click(lambda _, what=what, kind=kind: self._export(what, kind))
         self.shown.observe(lambda _: self.render(), names="value")
         self.baseline.observe(lambda _: self.render(), names="value")
-        super().__init__([w.HBox([self.shown, w.VBox([self.baseline, w.HBox(
-            [self.refresh_button, self.csv_button, self.parquet_button]), self.exported])]), self.html])
+        buttons = [w.HBox([self.refresh_button, self.csv_button, self.parquet_button]),
+                   w.HBox([self.rows_csv_button, self.rows_parquet_button])]
+        super().__init__([w.HBox([self.shown, w.VBox([self.baseline, *buttons, self.exported])]), self.html])
         if load:
             self.load()
 
@@ -152,30 +231,23 @@ class RunsTable(w.VBox):
     # ---- export -----------------------------------------------------------------------------------------
     def export_table(self, path) -> Path:
         """Write the table of shown runs as CSV or Parquet (by the suffix of `path`)."""
-        path = Path(path)
-        if path.suffix not in (".csv", ".parquet"):
-            raise ValueError(f"path={str(path)!r} is invalid: expected a .csv or .parquet file")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        t = self.table()
-        t.to_csv(path, index=False) if path.suffix == ".csv" else t.astype(
-            {c: str for c in t.columns if t[c].dtype == object}).to_parquet(path, index=False)
-        return path
+        return write_frame(self.table(), path)
+
+    def export_rows(self, path) -> Path:
+        """Write every metrics row of the shown runs (not the charts' at most 500 per run), labelled, as CSV or
+        Parquet (by the suffix of `path`)."""
+        return write_frame(self.frame(max_points=None), path)
 
     def export_run(self, run_id: str, path) -> Path:
         """Write one run's full metrics rows as CSV or Parquet."""
         if run_id not in self.runs:
             raise ValueError(f"run_id={run_id!r} is unknown; known: {list(self.runs)}")
-        path = Path(path)
-        if path.suffix not in (".csv", ".parquet"):
-            raise ValueError(f"path={str(path)!r} is invalid: expected a .csv or .parquet file")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        m = self.runs[run_id].metrics
-        m.to_csv(path, index=False) if path.suffix == ".csv" else m.to_parquet(path, index=False)
-        return path
+        return write_frame(self.runs[run_id].metrics, path)
 
-    def _export(self, kind: str) -> None:
+    def _export(self, what: str, kind: str) -> None:
         try:
-            path = self.export_table(self.root / "exports" / f"runs_table.{kind}")
+            write = self.export_table if what == "table" else self.export_rows
+            path = write(self.root / "exports" / f"runs_{what}.{kind}")
             self.exported.value = f"<small>wrote {html.escape(str(path))}</small>"
         except (ValueError, OSError) as e:
             self.exported.value = f"<small style='color:#b00020'>{html.escape(str(e))}</small>"
