@@ -55,6 +55,19 @@ from widgets.sync_charts import period_chart
 _ = widgets.enable_offline()  # charts render without internet
 
 # %% [markdown]
+# ## Try it: the sync-period part of the lab
+#
+# Move H or the network: the predicted bytes and time per step redraw before
+# anything trains. Run trains the config shown (Stop ends it and keeps its
+# rows). The runs below start from it: its workers and steps are theirs, its H
+# joins the periods they compare, its network the ones they time.
+
+# %%
+lab = widgets.Lab(config_for("local_sgd", num_workers=num_workers, steps=steps, sync_period=sync_periods[-1],
+                             topology=topologies[-1]), focus=("sync_period", "topology"), load_runs=False)
+lab
+
+# %% [markdown]
 # ## The runs
 #
 # Every run uses the same data, model, seed and number of local steps; only the
@@ -65,11 +78,14 @@ _ = widgets.enable_offline()  # charts render without internet
 # changes only the simulated clock, never the training.
 
 # %%
-shared = dict(num_workers=num_workers, steps=steps)
+picked = lab.chosen()  # the Lab's settings above
+shared = dict(num_workers=picked.num_workers, steps=picked.steps)
+sync_periods = sorted({*sync_periods, picked.sync_period})
+topologies = list(dict.fromkeys([*topologies, picked.topology]))
 configs = {"DDP": config_for("ddp", **shared)}
 configs.update({f"Local SGD H={h}": config_for("local_sgd", **shared, sync_period=h) for h in sync_periods})
 steps_per_round = run(config_for("fedavg", **shared, rounds=1), save=False, progress=False).summary()["steps"]
-configs["FedAvg"] = config_for("fedavg", **shared, rounds=max(1, steps // steps_per_round))
+configs["FedAvg"] = config_for("fedavg", **shared, rounds=max(1, picked.steps // steps_per_round))
 print("left out of FedAvg's config:", dropped("fedavg", shared))
 
 runs = {(label, t): run(c.replace(topology=t), save=False, progress=False)

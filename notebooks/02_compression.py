@@ -64,14 +64,29 @@ from lab.experiment import run
 _ = widgets.enable_offline()  # charts render without internet
 
 # %% [markdown]
-# ## The knob
+# ## Try it: the compression part of the lab
 #
-# Move the ratio (log scale), pick a compressor and an error-feedback rule: the
-# line underneath shows the compressor's own parameter for this model (an MLP on
-# `digits`, d = 4810), the exchange it goes through, and the two ratios its
-# packets measure.
+# Move the ratio (log scale) or pick a compressor: the predicted bytes and time
+# per step redraw before anything trains; Run trains the config shown. The runs
+# below start from it: its workers and steps are theirs, its ratio (when its
+# compressor takes one) is their target.
 
 # %%
+lab = widgets.Lab(config_for("ddp", num_workers=num_workers, steps=steps, lr=0.3, eval_every=steps, compressor="topk",
+                             compression_ratio=target_ratio), focus="compression", load_runs=False)
+lab
+
+# %% [markdown]
+# ## The knob, in detail
+#
+# Pick a compressor and an error-feedback rule: the line underneath shows the
+# compressor's own parameter for this model (an MLP on `digits`, d = 4810), the
+# exchange it goes through, and the two ratios its packets measure.
+
+# %%
+picked = lab.chosen()  # the Lab's settings above
+num_workers, steps = picked.num_workers, picked.steps
+target_ratio = picked.compression_ratio if picked.compression_ratio < 1 else target_ratio  # (sign, none: no ratio)
 shared = dict(num_workers=num_workers, steps=steps, lr=0.3, eval_every=steps)
 knobs = widgets.CompressionKnobs(config_for("ddp", **shared, compressor="topk", compression_ratio=target_ratio))
 knobs

@@ -67,6 +67,19 @@ from widgets.sharding import memory_chart
 _ = widgets.enable_offline()  # charts render without internet
 
 # %% [markdown]
+# ## Try it: the sharding part of the lab
+#
+# Move the sharding degree S or the ZeRO stage: the predicted memory per rank
+# and bytes per step redraw before anything trains; Run trains the config shown.
+# The runs below start from it: its workers and steps are theirs, and its S is
+# the hybrid run's.
+
+# %%
+lab = widgets.Lab(config_for("zero", num_workers=num_workers, steps=steps, eval_every=10, optimizer="adamw", lr=0.01,
+                             zero_stage=3, sharding_degree=hybrid_degree), focus="sharding", load_runs=False)
+lab
+
+# %% [markdown]
 # ## 1. ZeRO 0–3 and HSDP, trained for real
 #
 # The MLP on digits with AdamW, on simulated ranks: DDP (stage 0), ZeRO 1, 2, 3
@@ -76,6 +89,8 @@ _ = widgets.enable_offline()  # charts render without internet
 # follow the stage.
 
 # %%
+picked = lab.chosen()  # the Lab's settings above
+num_workers, steps, hybrid_degree = picked.num_workers, picked.steps, picked.sharding_degree or picked.num_workers
 shared = dict(num_workers=num_workers, steps=steps, eval_every=10, optimizer="adamw", lr=0.01)
 schemes = {"DDP": config_for("ddp", **shared),
            **{f"ZeRO-{stage}": config_for("zero", **shared, zero_stage=stage) for stage in (1, 2, 3)},

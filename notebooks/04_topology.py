@@ -65,6 +65,19 @@ warnings.filterwarnings("ignore", message=".*batching rule.*")  # vmap falls bac
 _ = widgets.enable_offline()  # charts render without internet
 
 # %% [markdown]
+# ## Try it: the topology part of the lab
+#
+# Pick a network: the predicted bytes per link class and time per step redraw
+# before anything trains; Run trains the config shown. The cells below start
+# from it: its workers and steps are theirs, and its network is the one drawn
+# and shown carrying a run.
+
+# %%
+lab = widgets.Lab(config_for("local_sgd", num_workers=num_workers, steps=steps, eval_every=steps, sync_period=8,
+                             topology="multinode_4x8"), focus="topology", load_runs=False)
+lab
+
+# %% [markdown]
 # ## The picker
 #
 # Pick a preset and a number of workers; the drawing shows the wiring: ranks
@@ -74,12 +87,14 @@ _ = widgets.enable_offline()  # charts render without internet
 # run, `show_run` colours the links by the bytes the run's Ledger put on them.
 
 # %%
-view = TopologyView("multinode_4x8", num_workers=num_workers)
+picked = lab.chosen()  # the Lab's settings above
+num_workers, steps = picked.num_workers, picked.steps
+view = TopologyView(picked.topology, num_workers=num_workers)
 view
 
 # %%
 ddp_multinode = run(ExperimentConfig(technique="ddp", num_workers=num_workers, steps=steps, eval_every=steps,
-                                     topology="multinode_4x8"), save=False, progress=False)
+                                     topology=picked.topology), save=False, progress=False)
 view.show_run(ddp_multinode)  # the hierarchical all-reduce: rings inside nodes, thinner rings across them
 
 

@@ -224,3 +224,26 @@ def test_a_run_of_one_round_is_drawn_as_dots():
     dots = [len(g.findall("{http://www.w3.org/2000/svg}path")) for g in svg.iter("{http://www.w3.org/2000/svg}g")
             if "mark-symbol role-mark" in g.get("class", "")]
     assert dots == [1, 2, 1], dots  # loss, bytes (intra-node and inter-node), loss vs simulated time
+
+
+def test_a_notebooks_part_of_the_lab_shows_its_knobs_and_says_what_is_fixed(tmp_path):
+    part = Lab(SMALL, runs_dir=tmp_path / "runs", load_runs=False, focus="sync_period")
+    row = part.children[1]  # the knobs' row: one group, H
+    shown = [c.children[0] for col in row.children for c in col.children]
+    assert shown == [part.knobs["sync_period"]]
+    title = part.children[0].value
+    assert "sync period H knob" in title and "topology = multinode_2x4" in title and "sharding degree S = 4" in title
+    assert _moved(part, "sync_period", 32)  # the analytic view follows, as in the whole Lab
+    both = Lab(SMALL, runs_dir=tmp_path / "runs", load_runs=False, focus=("sharding", "topology"))
+    assert [c.children[0] for col in both.children[1].children for c in col.children] == [
+        both.knobs["sharding_degree"], both.knobs["zero_stage"], both.knobs["topology"]]
+    assert both.sweep_field.value == "sharding_degree" and both.sweep_values.value == "2, 4, 8"  # its own knob
+    with pytest.raises(ValueError, match="focus=.*allowed: one or more of"):
+        Lab(SMALL, runs_dir=tmp_path / "runs", load_runs=False, focus="H")
+
+
+def test_sharding_degree_zero_is_labelled_with_what_it_means_for_the_technique(lab):
+    label_of_zero = {v: k for k, v in lab.knobs["sharding_degree"].options}[0]
+    assert label_of_zero == "none"  # Local SGD: S = 0 is no sharding
+    lab.knobs["technique"].value = "zero"
+    assert {v: k for k, v in lab.knobs["sharding_degree"].options}[0] == "all (8)"  # ZeRO: all workers

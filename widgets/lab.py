@@ -21,6 +21,9 @@ overlay on the charts: loss vs steps, bytes per link class, loss vs simulated ti
 `sweep("sync_period", [4, 16])` runs one knob's values, `sweep({"sync_period": [4, 16], "compression_ratio": [0.1,
 0.01]})` a small grid (the product, ≤ `MAX_SWEEP` runs; so does the sweep row, with an optional second knob), in a
 row under one progress bar, each run labelled by what differs; every config is validated before any run starts.
+
+`Lab(base, focus="sync_period")` (or "compression", "sharding", "topology", or several) is a notebook's part of the
+Lab: only those knobs in the top row, the others fixed at `base`'s values and said so; the rest is the same.
 """
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ from widgets.lab_charts import (
     runs_charts,
     si,
 )
+from widgets.lab_parts import GROUPS, sweep_example, title
 from widgets.lab_runs import MAX_SWEEP, RunsTable, export_chart, parse_grid, sweep_configs
 from widgets.technique_knobs import draft, field_control, set_sharding_options, sharding_degree_control
 
@@ -57,8 +61,7 @@ from widgets.technique_knobs import draft, field_control, set_sharding_options, 
 DEFAULT = dict(technique="local_sgd", num_workers=8, topology="multinode_2x4", sync_period=8, steps=48,
                eval_every=16, batch_size=16, compressor="topk", compression_ratio=0.1, zero_stage=2,
                sharding_degree=4)
-#: the four knobs (and their companions) in the top row
-FOUR = ("sync_period", "compression_ratio", "compressor", "sharding_degree", "zero_stage", "topology")
+FOUR = tuple(n for g in GROUPS.values() for n in g)
 #: the knobs the sweep row offers
 SWEEPABLE = ("sync_period", "compression_ratio", "sharding_degree", "topology", "lr")
 _STYLE = {"description_width": "10.5em"}
@@ -75,7 +78,10 @@ class Lab(w.VBox):
 
     def __init__(self, base: ExperimentConfig | dict | None = None, *, runs_dir=None, save: bool = True,
                  debounce_s: float = 0.04, throttle_s: float = 0.5, auto_steps: int = 24, load_runs: bool = True,
-                 max_points: int = MAX_POINTS):
+                 max_points: int = MAX_POINTS, focus: str | tuple[str, ...] | None = None):
+        focus = tuple(GROUPS) if focus is None else (focus,) if isinstance(focus, str) else tuple(focus)
+        if not focus or any(f not in GROUPS for f in focus):
+            raise ValueError(f"focus={focus!r} is invalid; allowed: one or more of {list(GROUPS)}, or None (all four)")
         enable_offline()
         #: the runs store: `runs_dir`, else $COMMLAB_RUNS_DIR or runs/ at the repository root (lab.paths)
         self.runs_dir = Path(runs_dir) if runs_dir is not None else runs_store()
@@ -88,7 +94,8 @@ class Lab(w.VBox):
             "sync_period": sync_period_slider(b["sync_period"], max_value=128),
             "compression_ratio": field_control("compression_ratio", b["compression_ratio"], width=_W),
             "compressor": field_control("compressor", b["compressor"], width=_W),
-            "sharding_degree": sharding_degree_control(b["num_workers"], b["sharding_degree"]),
+            "sharding_degree": sharding_degree_control(b["num_workers"], b["sharding_degree"],
+                                                       technique=b["technique"]),
             "zero_stage": field_control("zero_stage", b["zero_stage"], width=_W),
             "topology": field_control("topology", b["topology"], width=_W),
             "technique": w.Dropdown(options=self.panel.technique.options, value=b["technique"],
@@ -113,8 +120,9 @@ class Lab(w.VBox):
         self.progress_text = w.HTML("ready")
         self.auto = w.Checkbox(value=False, description=f"auto-run on change ({auto_steps} steps)", indent=False)
         row = dict(layout=w.Layout(width="16em"), style={"description_width": "4em"})
-        self.sweep_field = w.Dropdown(options=SWEEPABLE, value="sync_period", description="sweep", **row)
-        self.sweep_values = w.Text(value="4, 16, 64", description="values", **row)
+        swept = GROUPS[focus[0]][0]  # the sweep starts on the (first) knob shown
+        self.sweep_field = w.Dropdown(options=SWEEPABLE, value=swept, description="sweep", **row)
+        self.sweep_values = w.Text(value=sweep_example(swept, b), description="values", **row)
         self.sweep_field2 = w.Dropdown(options=[("—", ""), *zip(SWEEPABLE, SWEEPABLE)], value="",
                                        description="× knob", **row)
         self.sweep_values2 = w.Text(value="", placeholder="e.g. 0.1, 0.01", description="values", **row)
@@ -159,9 +167,8 @@ class Lab(w.VBox):
         def cell(n):
             return w.VBox([self.knobs[n], self.reasons[n]], layout=w.Layout(width="24em"))
 
-        four = w.HBox([w.VBox([cell("sync_period")]), w.VBox([cell("compression_ratio"), cell("compressor")]),
-                       w.VBox([cell("sharding_degree"), cell("zero_stage")]), w.VBox([cell("topology")])],
-                      layout=w.Layout(flex_flow="row wrap"))
+        four = w.HBox([w.VBox([cell(n) for n in GROUPS[g]]) for g in focus], layout=w.Layout(flex_flow="row wrap"))
+        heading = title(focus, self.knobs, self.panel.config())
         data = w.HBox([self.knobs["technique"], self.knobs["num_workers"],
                        *[w.VBox([c, self.reasons[n]]) for n, c in self.data.items()]],
                       layout=w.Layout(flex_flow="row wrap"))
@@ -175,7 +182,7 @@ class Lab(w.VBox):
         analytic_box, runs_box = w.Box([self.analytic_chart]), w.Box([self.runs_chart])
         analytic_box.add_class("commlab-analytic")
         runs_box.add_class("commlab-runs-chart")
-        super().__init__([w.HTML("<b>The four knobs</b>"), four, data, self.panel.message, more, controls, sweep,
+        super().__init__([w.HTML(f"<b>{heading}</b>"), four, data, self.panel.message, more, controls, sweep,
                           self.status, w.HTML("<b>Predicted, before any run</b>"), analytic_box,
                           w.HTML("<b>Runs</b>"), runs_box, exports, self.runs])
         self.add_class("commlab-lab")
@@ -187,6 +194,13 @@ class Lab(w.VBox):
     def config(self) -> ExperimentConfig | None:
         return self.panel.config()
 
+    def chosen(self) -> ExperimentConfig:
+        """The knobs' config for the cells below a notebook's part of the Lab; ValueError saying what is wrong."""
+        config = self.config()
+        if config is None:
+            raise ValueError(f"the Lab's knobs hold an invalid setting: {self.panel.error}")
+        return config
+
     def _on_data(self, change) -> None:
         for n, c in self.data.items():
             if c.value != KNOBS[n].default:
@@ -197,8 +211,9 @@ class Lab(w.VBox):
         self._on_change()
 
     def _on_change(self, change=None) -> None:
-        if change is not None and change["owner"] is self.panel.controls["num_workers"]:
-            set_sharding_options(self.knobs["sharding_degree"], self.panel.num_workers.value)
+        if change is not None and change["owner"] in (self.panel.controls["num_workers"], self.panel.technique):
+            set_sharding_options(self.knobs["sharding_degree"], self.panel.num_workers.value,
+                                 technique=self.panel.technique.value)
         d = draft(self.panel.technique.value, {**self.panel.base, **self.panel.values()})
         for n, why_box in self.reasons.items():
             ok, why = is_read(d, n)

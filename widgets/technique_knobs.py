@@ -172,6 +172,7 @@ class TechniqueKnobs(w.VBox):
     def __init__(self, base: ExperimentConfig | dict | None = None, *, exclude=()):
         values = settings_of(base)
         names = [n for n in KNOBS if n not in ALWAYS and n not in exclude]
+        self.num_workers = values["num_workers"]
         self.rows = {n: FieldRow(n, self._control(n, values[n], values["num_workers"])) for n in names}
         self.controls = {n: row.control for n, row in self.rows.items()}
         self.technique: str | None = None
@@ -197,6 +198,7 @@ class TechniqueKnobs(w.VBox):
             return
         self.groups = knob_groups(technique, self.rows)  # raises ValueError for an unknown technique
         self.technique = technique
+        self.set_num_workers(self.num_workers)  # S = 0 means all workers for zero, no sharding for the others
         self.sections = {}
         for i, (title, group) in enumerate(self.groups):
             is_open = i == 0 or title in OPEN_GROUPS
@@ -214,8 +216,9 @@ class TechniqueKnobs(w.VBox):
                 self.rows[n].set_reason("" if ok else why)
 
     def set_num_workers(self, num_workers: int) -> None:
+        self.num_workers = num_workers
         if "sharding_degree" in self.controls:
-            set_sharding_options(self.controls["sharding_degree"], num_workers)
+            set_sharding_options(self.controls["sharding_degree"], num_workers, technique=self.technique)
 
     def observe_values(self, handler) -> None:
         for control in self.controls.values():
@@ -226,17 +229,23 @@ class TechniqueKnobs(w.VBox):
         return {n: self.controls[n].value for _, group in self.groups for n in group}
 
 
-def sharding_degree_control(num_workers: int = 8, value: int = 0) -> w.Dropdown:
-    """Sharding degree S (ZeRO): 0 (all workers) or a divisor of `num_workers`; only valid values are offered."""
+def sharding_degree_control(num_workers: int = 8, value: int = 0, *, technique: str | None = None) -> w.Dropdown:
+    """Sharding degree S: 0 (the technique's default) or a divisor of `num_workers`; only valid values are
+    offered."""
     picker = w.Dropdown(description="sharding degree", tooltip=field_help("sharding_degree"), style=_STYLE,
                         layout=w.Layout(width=CONTROL_WIDTH))
-    set_sharding_options(picker, num_workers, value)
+    set_sharding_options(picker, num_workers, value, technique=technique)
     return picker
 
 
-def set_sharding_options(picker: w.Dropdown, num_workers: int, value: int | None = None) -> None:
-    """Offer 0 and the divisors of `num_workers`; keep `value` (default: the current one) if still valid, else 0."""
+def set_sharding_options(picker: w.Dropdown, num_workers: int, value: int | None = None, *,
+                         technique: str | None = None) -> None:
+    """Offer 0 and the divisors of `num_workers`; keep `value` (default: the current one) if still valid, else 0.
+    0 is labelled with what it means for `technique` (lab.sharding.options.degree): all workers for a technique
+    that always shards (zero), no sharding for the sync techniques that compose with it."""
     value = picker.value if value is None else value
-    options = [(f"all ({num_workers})", 0)] + [(str(d), d) for d in divisors(num_workers)]
+    always = technique is None or getattr(registry.technique(technique), "shards_always", False)
+    zero = f"all ({num_workers})" if always else "none"
+    options = [(zero, 0)] + [(str(d), d) for d in divisors(num_workers)]
     picker.options = options
     picker.value = value if value in dict(options).values() else 0
