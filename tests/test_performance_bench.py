@@ -44,3 +44,20 @@ def test_widget_latency_measures_every_view(tmp_path):
     assert {"ShardingExplorer", "TopologyView"} <= set(views)
     for view in views.values():
         assert all(0 < k["median_s"] <= k["worst_s"] for k in view["knobs"].values())
+
+
+@pytest.mark.notebook
+def test_notebook_threads_times_a_notebook_both_ways(tmp_path):
+    """bench/notebook_threads.py runs a notebook with the lab's thread choice and with one thread set by hand."""
+    pytest.importorskip("papermill")
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if "commlab" not in KernelSpecManager().find_kernel_specs():
+        pytest.skip("the 'commlab' kernelspec is not installed: run `make install`")
+    out = tmp_path / "threads.json"
+    cmd = [sys.executable, str(REPO / "bench" / "notebook_threads.py"), "dashboard", "--reps", "1", "--out", str(out)]
+    done = subprocess.run(cmd, timeout=600, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = json.loads(out.read_text())["notebooks"]["dashboard"]
+    assert row["lab_s"] > 0 and row["hand_s"] > 0 and row["ratio"] == pytest.approx(row["lab_s"] / row["hand_s"])
+    assert "lab/hand" in done.stdout
