@@ -70,6 +70,18 @@ from widgets.sequence import SequenceExplorer, bytes_chart, memory_chart, time_c
 _ = widgets.enable_offline()  # charts render without internet
 
 # %% [markdown]
+# ## Try it: which method wins, on which network
+#
+# Pick a network, an SP degree and the K/V heads (grouped-query attention): the time, bytes and memory per rank
+# of one attention layer (forward + backward) redraw for every method and sequence length, from the cost model
+# that section 2 explains.
+
+# %%
+explorer = SequenceExplorer(methods=tuple(methods), seq_lengths=tuple(seq_lengths), topology=topologies[-1],
+                            degree=topo.PRESET_SIZES[topologies[-1]], heads=heads, head_dim=head_dim)
+explorer
+
+# %% [markdown]
 # ## 1. Every method computes full attention
 #
 # On `num_ranks` simulated ranks (2 per node, so USP's all-to-all stays in a node and its ring crosses
@@ -143,12 +155,7 @@ gqa
 # the whole sequence's K/V. With grouped-query attention Ring Attention's bytes fall 4× and TokenRing's
 # do not.
 #
-# Try other networks and SP degrees:
-
-# %%
-explorer = SequenceExplorer(methods=tuple(methods), seq_lengths=tuple(seq_lengths), topology=topologies[-1],
-                            degree=topo.PRESET_SIZES[topologies[-1]], heads=heads, head_dim=head_dim)
-explorer
+# The explorer at the top of the notebook tries other networks and SP degrees.
 
 # %% [markdown]
 # ## 3. The tiny GPT with its context split over ranks
