@@ -168,7 +168,7 @@ def run(config: ExperimentConfig, *, runs_dir: str | Path | None = None, save: b
             if run_.path is not None:
                 write_status(run_.path, "running")
             run_.status = "running"
-            total = config.rounds if technique.budget == "rounds" else config.steps
+            total = technique.total(config)
             if progress and ctx.collective.ranks[0] == 0:
                 from tqdm.auto import tqdm
 

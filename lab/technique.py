@@ -180,6 +180,11 @@ class Technique:
 
     # ---- declarations -------------------------------------------------------------------------------
     @classmethod
+    def total(cls, config) -> int:
+        """The run's length in the technique's budget unit: `rounds` or `steps`."""
+        return config.rounds if cls.budget == "rounds" else config.steps
+
+    @classmethod
     def declared_knobs(cls) -> dict:
         """Every knob this class and its bases introduce, `{field: Knob}`."""
         return merged(_lineage(cls), "knobs")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ from secrets import token_hex
 from urllib.parse import urlencode
 
 import pytest
+
+from lab.launch import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -165,6 +166,17 @@ class JupyterServer:
         sep = "&" if "?" in path else "?"
         return f"{self.base_url}{path.lstrip('/')}{sep}{query}"
 
+    def run_all(self, page, path: str) -> None:
+        """Open the notebook at ``path`` (relative to the root) in ``page``, wait for its commlab kernel to be
+        idle, then Run All Cells from the menu."""
+        page.goto(self.url(f"lab/tree/{path}", reset=""))
+        page.wait_for_selector(".jp-Notebook", timeout=60_000)
+        page.wait_for_function("() => /commlab/.test(document.querySelector('.jp-KernelName')?.textContent || '')",
+                               timeout=90_000)
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+        page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+        page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+
     def api(self, path: str, timeout: float = 10.0):
         """GET ``/api/<path>`` with token auth and return the decoded JSON."""
         req = urllib.request.Request(
@@ -176,12 +188,6 @@ class JupyterServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -203,7 +209,7 @@ def jupyter_server(tmp_path_factory) -> JupyterServer:
     neither read nor change the developer's JupyterLab state.
     """
     state = tmp_path_factory.mktemp("jupyter")
-    port = _free_port()
+    port = free_port()
     token = token_hex(16)
     cmd = [
         sys.executable, "-m", "jupyter", "lab",

@@ -16,14 +16,7 @@ def test_tour_runs_in_jupyterlab_and_renders_chart_and_run_panel(jupyter_server,
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(repo_root / "notebooks" / "00_tour.ipynb", out / "browser_tour.ipynb")
     page = browser_page
-    page.goto(jupyter_server.url("lab/tree/notebooks/_out/browser_tour.ipynb", reset=""))
-    page.wait_for_selector(".jp-Notebook", timeout=60_000)
-    # the notebook's commlab kernel starts and goes idle
-    page.wait_for_function("() => /commlab/.test(document.querySelector('.jp-KernelName')?.textContent || '')",
-                           timeout=90_000)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-    page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-    page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+    jupyter_server.run_all(page, "notebooks/_out/browser_tour.ipynb")  # once its commlab kernel is idle
     # every code cell gets an execution count, i.e. the whole notebook ran
     page.wait_for_function(
         """() => {

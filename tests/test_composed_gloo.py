@@ -2,15 +2,11 @@
 replicas ends where simulated DDP ends (1e-6); compressed shard-wise exchanges inside the groups of
 counterparts (lab.compress.grouped: two-phase, all-gather, half precision) end where their simulated runs end
 (1e-6), with the same Ledger on every rank."""
-import os
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_runs import run_on_gloo
 
 from lab.experiment import ExperimentConfig, run
-from lab.launch import free_port
 
 P = 4
 BASE = dict(num_workers=P, steps=4, eval_every=2, batch_size=16, lr=0.01, optimizer="adamw")
@@ -25,31 +21,16 @@ OWN = [dict(technique="local_sgd", sync_period=2, sharding_degree=2, zero_stage=
             outer_bits=16, sharding_degree=2, zero_stage=3)]
 
 
-def _worker(rank, port, out_dir, configs):
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(P))
-    dist.init_process_group("gloo", rank=rank, world_size=P, init_method=f"tcp://127.0.0.1:{port}")
-    try:
-        out = []
-        for cfg in configs:
-            r = run(ExperimentConfig.from_dict(cfg), save=False, progress=False)
-            out.append({"params": r.worker_params, "model": r.model, "ledger": r.ledger, "status": r.status,
-                        "error": r.error})
-        torch.save(out, os.path.join(out_dir, f"{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.gloo
 @pytest.mark.slow
 def test_composed_runs_on_gloo_equal_ddp_and_their_simulated_runs(tmp_path):
     schemes = EXACT + OWN
     configs = [ExperimentConfig(**BASE, **s, backend="distributed").to_dict() for s in schemes]
-    mp.spawn(_worker, args=(free_port(), str(tmp_path), configs), nprocs=P, join=True)
+    results = run_on_gloo(configs, P, tmp_path)
     sims = [run(ExperimentConfig(**BASE, **s), save=False, progress=False) for s in schemes]
     ddp = sims[0]
     for rank in range(P):
-        got = torch.load(tmp_path / f"{rank}.pt", weights_only=False)
+        got = results[rank]
         for scheme, g, sim in zip(schemes, got, sims):
             assert g["status"] == "finished", (scheme, g["error"])
             reference = ddp if scheme in EXACT else sim

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from lab.launch import free_port
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
@@ -50,12 +51,6 @@ class VoilaDashboard:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -97,7 +92,7 @@ def voila_dashboard(tmp_path_factory) -> VoilaDashboard:
         pytest.skip("make is not installed")
     state = tmp_path_factory.mktemp("voila")
     log_path = state / "make_dashboard.log"
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "JUPYTER_TOKEN"}
     # runs the dashboard saves go to the test's tmp dir, not the developer's runs/
     env.update(JUPYTER_RUNTIME_DIR=str(state / "runtime"), PYTHONUNBUFFERED="1", COMMLAB_RUNS_DIR=str(state / "runs"))

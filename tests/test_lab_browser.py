@@ -69,13 +69,7 @@ def test_lab_dashboard_in_jupyterlab(jupyter_server, browser_page, repo_root, tm
     _notebook(out / "browser_lab.ipynb", runs_dir)
     page = browser_page
     page.set_viewport_size({"width": 1600, "height": 1400})
-    page.goto(jupyter_server.url("lab/tree/notebooks/_out/browser_lab.ipynb", reset=""))
-    page.wait_for_selector(".jp-Notebook", timeout=60_000)
-    page.wait_for_function("() => /commlab/.test(document.querySelector('.jp-KernelName')?.textContent || '')",
-                           timeout=90_000)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-    page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-    page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+    jupyter_server.run_all(page, "notebooks/_out/browser_lab.ipynb")
     page.wait_for_selector(".commlab-analytic .vega-embed svg", timeout=240_000)
     drive_lab(page, out, tmp_path, prefix="lab_dashboard", steps=SMALL["steps"])
 

@@ -1,14 +1,10 @@
 """ZeRO 1/2/3 and hybrid sharding end where DDP ends (1e-6), simulated and on 4 gloo processes, and move
 the bytes the spec gives: stages 1–2 as DDP, stage 3 1.5× DDP."""
-import os
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_runs import run_on_gloo
 
 from lab.experiment import ExperimentConfig, run
-from lab.launch import free_port
 
 P = 4
 BASE = ExperimentConfig(technique="zero", num_workers=P, steps=6, eval_every=3, optimizer="adamw", lr=0.01,
@@ -74,20 +70,6 @@ def test_hybrid_bytes_split_between_shard_and_replica_groups():
 
 
 # ---- the same on 4 gloo processes --------------------------------------------------------------------
-def _worker(rank, port, out_dir, configs):
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(P))
-    dist.init_process_group("gloo", rank=rank, world_size=P, init_method=f"tcp://127.0.0.1:{port}")
-    try:
-        out = []
-        for cfg in configs:
-            r = run(ExperimentConfig.from_dict(cfg), save=False, progress=False)
-            out.append({"params": r.worker_params, "model": r.model, "ledger": r.ledger, "status": r.status})
-        torch.save(out, os.path.join(out_dir, f"{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
 # lossy or different-optimizer schemes: compared with their own simulated run, not with DDP
 OTHERS = [dict(zero_stage=3, zeropp="qwz+hpz+qgz", hpz_size=2), dict(zero_stage=2, optimizer="adam_mini")]
 
@@ -96,10 +78,10 @@ OTHERS = [dict(zero_stage=3, zeropp="qwz+hpz+qgz", hpz_size=2), dict(zero_stage=
 def test_zero_on_gloo_equals_ddp_and_the_simulated_run(ddp, tmp_path):
     schemes = SCHEMES[:5] + OTHERS
     configs = [BASE.replace(**s, backend="distributed").to_dict() for s in schemes]
-    mp.spawn(_worker, args=(free_port(), str(tmp_path), configs), nprocs=P, join=True)
+    results = run_on_gloo(configs, P, tmp_path)
     sims = [quiet(BASE.replace(**s)) for s in schemes]
     for rank in range(P):
-        got = torch.load(tmp_path / f"{rank}.pt", weights_only=False)
+        got = results[rank]
         for scheme, g, sim in zip(schemes, got, sims):
             assert g["status"] == "finished"
             reference = sim if scheme in OTHERS else ddp

@@ -41,6 +41,7 @@ from lab.config import KNOBS, ExperimentConfig, is_read
 from lab.experiment import run as lab_run
 from lab.paths import runs_dir as runs_store
 from lab.registry import technique as technique_class
+from widgets.background import BackgroundRun
 from widgets.charts import enable_offline
 from widgets.knobs import KnobPanel, sync_period_slider
 from widgets.lab_charts import (
@@ -73,7 +74,7 @@ def _reason_html(why: str) -> str:
             f"{html.escape(why)}</div>" if why else "")
 
 
-class Lab(w.VBox):
+class Lab(BackgroundRun, w.VBox):
     """The dashboard; see the module docstring. `.config()` is the knobs' ExperimentConfig (None if invalid)."""
 
     def __init__(self, base: ExperimentConfig | dict | None = None, *, runs_dir=None, save: bool = True,
@@ -149,8 +150,6 @@ class Lab(w.VBox):
         self._timer: threading.Timer | None = None
         self._changed_at = 0.0
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
         self._live: list[dict] = []
         self._live_label = ""
         self._last_draw = 0.0
@@ -264,10 +263,6 @@ class Lab(w.VBox):
         self.start(small)
 
     # ---- runs -------------------------------------------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def start(self, config: ExperimentConfig | None = None) -> bool:
         """Train `config` (default: the knobs') in the background; False (reason in the status) if not started."""
         config = self._knobs_config() if config is None else config
@@ -305,25 +300,11 @@ class Lab(w.VBox):
         if self.running:
             self._set_status("a run is already going: Stop it or wait", error=True)
             return False
-        budgets = [c.rounds if technique_class(c.technique).budget == "rounds" else c.steps for c in configs]
+        budgets = [technique_class(c.technique).total(c) for c in configs]
         self.progress.max, self.progress.value = sum(budgets), 0
-        self._stop = threading.Event()
         self.run_button.disabled, self.stop_button.disabled, self.sweep_button.disabled = True, False, True
-        self._thread = threading.Thread(target=self._work, args=(configs, budgets), daemon=True, name="commlab-lab")
-        self._thread.start()
+        self._start(self._work, (configs, budgets), name="commlab-lab")
         return True
-
-    def stop(self) -> None:
-        """End the current run (and sweep) after the current local step; it keeps its rows."""
-        if self.running:
-            self._stop.set()
-            self._set_status("stopping…")
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the current run ends (True) or `timeout` passes (False)."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return not self.running
 
     def _work(self, configs, budgets) -> None:
         offset, t0, n = 0, time.perf_counter(), len(configs)

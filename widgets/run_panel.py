@@ -12,7 +12,6 @@ runs overlay. Errors in the thread are shown in the status line and kept in
 from __future__ import annotations
 
 import html
-import threading
 import time
 
 import ipywidgets as w
@@ -20,6 +19,7 @@ import pandas as pd
 
 from lab.experiment import ExperimentConfig, Run, run as lab_run
 from lab.registry import technique as technique_class
+from widgets.background import BackgroundRun
 from widgets.charts import LiveChart, dashboard, run_label
 from widgets.knobs import KnobPanel
 
@@ -31,7 +31,7 @@ def _fmt_bytes(n: float) -> str:
         n /= 1000
 
 
-class RunPanel(w.VBox):
+class RunPanel(BackgroundRun, w.VBox):
     """Train from the notebook: knobs, Run, Stop, Clear, progress, status and live charts.
 
     `knobs` is a KnobPanel, or an ExperimentConfig or dict of settings (or None) used as the base
@@ -40,6 +40,8 @@ class RunPanel(w.VBox):
     blocks until the current run ends (for scripts, tests and papermill).
     Runs are not saved to disk unless `save=True` (then under `runs_dir`).
     """
+
+    stop_message = "stopping after this round…"
 
     def __init__(self, knobs: KnobPanel | ExperimentConfig | dict | None = None, *, save: bool = False, runs_dir=None,
                  throttle_s: float = 0.25, build_chart=dashboard):
@@ -57,18 +59,12 @@ class RunPanel(w.VBox):
         self._frames: list[pd.DataFrame] = []  # rows of the runs on the charts, one frame per run
         self._rows: list[dict] = []  # the current run's rows
         self._num_started = 0
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
         self._last_draw = 0.0
         self.run_button.on_click(lambda _: self.start())
         self.stop_button.on_click(lambda _: self.stop())
         self.clear_button.on_click(lambda _: self.clear())
         super().__init__([self.knobs, w.HBox([self.run_button, self.stop_button, self.clear_button, self.progress]),
                           self.status, self.chart.widget])
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     def start(self, config: ExperimentConfig | None = None) -> bool:
         """Start training `config` (default: the knobs' config) in a background thread.
@@ -85,27 +81,14 @@ class RunPanel(w.VBox):
             return False
         self._num_started += 1
         label = f"#{self._num_started} {run_label(config)}"
-        self.error, self._rows, self._stop = None, [], threading.Event()
-        budget = technique_class(config.technique).budget
-        self.progress.max, self.progress.value = (config.rounds if budget == "rounds" else config.steps), 0
+        self.error, self._rows = None, []
+        tech = technique_class(config.technique)
+        budget = tech.budget
+        self.progress.max, self.progress.value = tech.total(config), 0
         self.run_button.disabled, self.stop_button.disabled, self.clear_button.disabled = True, False, True
         self._set_status(f"{label}: running…")
-        self._thread = threading.Thread(target=self._work, args=(config, label, budget), daemon=True,
-                                        name="commlab-run")
-        self._thread.start()
+        self._start(self._work, (config, label, budget), name="commlab-run")
         return True
-
-    def stop(self) -> None:
-        """Ask the current run to stop after its current round (it keeps what it finished)."""
-        if self.running:
-            self._stop.set()
-            self._set_status("stopping after this round…")
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the current run ends or `timeout` seconds pass; True if no run is going."""
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return not self.running
 
     def clear(self) -> None:
         """Remove every run from the charts (`.runs` keeps them)."""
